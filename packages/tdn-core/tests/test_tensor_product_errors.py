@@ -101,3 +101,9 @@ def test_set_backend_failure_keeps_the_working_backend():
     assert tp.backend == "cg"
     x, y, _ = inputs(d1=4, d2=4, C=2, dtype=torch.float32)
     assert tp(x, y, torch.randn(5, 5, 2)).shape == (5, 4, 2)
+
+
+def test_device_mismatch_names_the_argument(tp):
+    x, y, w = inputs()
+    with pytest.raises(ValueError, match=r"x: on meta, but the module is on cpu"):
+        tp(x.to("meta"), y, w)
