@@ -19,10 +19,12 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import tdn_core
 import torch
 from tdn_core import TensorProduct
+from tdn_core._io import atomic_write
 
 
 def median_ms(fn, repeats: int, warmup: int = 2) -> float:
@@ -139,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": vars(args),
             "results": rows,
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, args.json)
+        text = json.dumps(payload, indent=1).encode()
+        atomic_write(Path(args.json), lambda f: f.write(text))
     return 0
 
 

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 import zlib
@@ -43,6 +42,7 @@ import torch
 from ._cg import cg_tensor_np, check_group, check_lmax
 from ._cp_als import cp_als, equivariance_bound, exact_cp, relative_error
 from ._errors import FactorFileError
+from ._io import atomic_write
 from .conventions import dim
 
 __all__ = ["CPFactors", "cp_factors", "default_cache_dir", "resolve_rank"]
@@ -317,46 +317,10 @@ def _read_verified(fileobj, key: tuple) -> tuple[tuple, dict]:
     return (A, B, C), meta
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, and rename
-    it over ``path``: readers see the old file or the complete new one, never a part;
-    a failure removes the temp file and re-raises."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; these files are not secret
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def _write_factors(path: Path, factors: tuple, meta: dict) -> None:
     A, B, C = factors
     meta_json = np.array(json.dumps(meta, sort_keys=True))
-    _atomic_write(path, lambda f: np.savez(f, A=A, B=B, C=C, meta=meta_json))
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible everywhere (e.g. Windows).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: np.savez(f, A=A, B=B, C=C, meta=meta_json))
 
 
 # --------------------------------------------------------------------------- lookup
@@ -443,7 +407,7 @@ def _write_index(entry: str, rank: int) -> None:
     ranks[entry] = rank
     text = json.dumps({"format": _FORMAT, "ranks": ranks}, indent=1, sort_keys=True)
     try:
-        _atomic_write(_user_dir() / _INDEX_NAME, lambda f: f.write(text.encode()))
+        atomic_write(_user_dir() / _INDEX_NAME, lambda f: f.write(text.encode()))
     except OSError as exc:
         logger.warning("could not write the CP tol index (%s)", exc)
 

@@ -9,7 +9,6 @@ computed through e3nn at run time.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +28,15 @@ def block_from_e3nn(l1: int, l2: int, l3: int) -> np.ndarray:
 
 
 def main() -> None:
+    from ._io import atomic_write
+
     blocks = {
         f"{l1}_{l2}_{l3}": block_from_e3nn(l1, l2, l3)
         for l1 in range(LMAX_TABLE + 1)
         for l2 in range(LMAX_TABLE + 1)
         for l3 in range(abs(l1 - l2), min(l1 + l2, LMAX_TABLE) + 1)
     }
-    tmp = TABLE_PATH.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **blocks)
-    os.replace(tmp, TABLE_PATH)
+    atomic_write(TABLE_PATH, lambda f: np.savez_compressed(f, **blocks))
     print(f"wrote {len(blocks)} blocks to {TABLE_PATH}")
 
 
