@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-import tdn_core
 import torch
+
+import tdn_core
 from tdn_core import TensorProduct
 from tdn_core._io import atomic_write
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tdn_core
 import torch
 from e3nn import o3
+
+import tdn_core
 from tdn_core.testing import random_rotation, wigner_D
 
 

@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 import pytest
-import tdn_core._factors as fac
 import torch
+
+import tdn_core._factors as fac
 from tdn_core._cg import cg_tensor, cg_tensor_np
 from tdn_core._cp_als import (
     cp_als,

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+
 from tdn_core import BackendUnavailable, TPDescriptor, UnsupportedDescriptor
 from tdn_core.adapters import (
     e3nn_irreps,

@@ -6,8 +6,9 @@ import sys
 import textwrap
 
 import pytest
-import tdn_core
 import torch
+
+import tdn_core
 from tdn_core.backends import _registry
 
 

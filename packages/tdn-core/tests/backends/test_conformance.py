@@ -7,8 +7,9 @@ factor set's error and certified equivariance bound.
 from __future__ import annotations
 
 import pytest
-import tdn_core
 import torch
+
+import tdn_core
 from tdn_core import TensorProduct, TPDescriptor, get_backend
 from tdn_core.testing import EXACT_RTOL, equivariance_error, random_inputs, random_rotation
 
