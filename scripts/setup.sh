@@ -27,7 +27,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing tdn-core, tdn-data, tdn-models, tdn-cli (editable) and dev tools" >&2
 pip_install \
-  -e "packages/tdn-core[e3nn,cueq,test]" \
+  -e "packages/tdn-core[e3nn,cueq,triton,test]" \
   -e packages/tdn-data \
   -e packages/tdn-models \
   -e packages/tdn-cli \

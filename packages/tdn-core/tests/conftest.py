@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU, cp_triton runs through Triton's CPU interpreter, which must be switched
+# on before triton is first imported: set it here so the shared backend suites
+# (test_conformance.py) include cp_triton on CPU-only machines too.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture(autouse=True)
