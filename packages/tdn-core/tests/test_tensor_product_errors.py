@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import tdn_core
 import torch
+
+import tdn_core
 from tdn_core import TensorProduct
 
 
