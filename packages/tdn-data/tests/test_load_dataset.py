@@ -1,0 +1,36 @@
+"""load_dataset: one entry point that picks the reader from the path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_pubchemqcr import fake_molecules
+
+from tdn_data import ASEDataset, PubChemQCRDataset, load_dataset, write_pubchemqcr
+
+FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "data"
+
+
+def test_lmdb_file_and_folder_go_to_the_pubchemqcr_reader(tmp_path):
+    write_pubchemqcr(tmp_path / "shards" / "a.lmdb", fake_molecules(5))
+    single = load_dataset(tmp_path / "shards" / "a.lmdb")
+    folder = load_dataset(tmp_path / "shards", split="train", fractions=(0.6, 0.2, 0.2))
+    assert isinstance(single, PubChemQCRDataset) and isinstance(folder, PubChemQCRDataset)
+    assert len({folder[i].mol_id for i in range(len(folder))}) == 3  # 60% of 5 molecules
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/data fixtures not present")
+def test_other_files_go_to_ase_with_units():
+    ds = load_dataset(FIXTURES / "md17_aspirin_15.extxyz", energy_unit="kcal/mol")
+    assert isinstance(ds, ASEDataset) and len(ds) == 15
+    assert ds[0].energy.abs().item() > 1e4  # aspirin's total energy in eV, not kcal/mol
+
+
+def test_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="source: .* does not exist"):
+        load_dataset(tmp_path / "missing.lmdb")
+    xyz = tmp_path / "one.xyz"
+    xyz.write_text("1\nenergy=-1.0\nH 0 0 0\n")
+    with pytest.raises(ValueError, match="split: .* has no splits"):
+        load_dataset(xyz, split="train")
