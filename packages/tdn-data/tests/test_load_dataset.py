@@ -28,9 +28,9 @@ def test_other_files_go_to_ase_with_units():
 
 
 def test_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="source: .* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"source: .* does not exist"):
         load_dataset(tmp_path / "missing.lmdb")
     xyz = tmp_path / "one.xyz"
     xyz.write_text("1\nenergy=-1.0\nH 0 0 0\n")
-    with pytest.raises(ValueError, match="split: .* has no splits"):
+    with pytest.raises(ValueError, match=r"split: .* has no splits"):
         load_dataset(xyz, split="train")
