@@ -310,3 +310,9 @@ def test_error_batch_degenerate_cell_names_graph():
     batch.cell[4, 1] = 0.0
     with pytest.raises(ValueError, match=r"cell\[4\] is degenerate"):
         batch_radius_graph(batch, 4.0)
+
+
+def test_overlapping_atoms_are_an_error_not_a_nan_gradient():
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"pos: atoms [12] and [12] are 0\.00e\+00 Å apart"):
+        radius_graph(pos, 2.0)

@@ -76,6 +76,10 @@ class Graph(NamedTuple):
 # ----------------------------------------------------------------------------- validation
 
 
+#: below this separation (Å) two atoms count as overlapping
+_MIN_DISTANCE = 1e-6
+
+
 def _check_cutoff(cutoff: float) -> float:
     try:
         rc = float(cutoff)
@@ -250,6 +254,18 @@ def _order_and_cap(
     return order[np.sort(keep)]  # back to (dst, src, shift) order
 
 
+def _check_no_overlap(edge_index: Tensor, edge_len: Tensor) -> None:
+    # Two atoms (or an atom and another's image) at one position give a zero-length edge:
+    # its direction is undefined and every gradient through it is NaN. Say so now.
+    if edge_len.numel() and float(edge_len.detach().min()) < _MIN_DISTANCE:
+        e = int(edge_len.detach().argmin())
+        src, dst = (int(i) for i in edge_index[:, e])
+        raise ValueError(
+            f"pos: atoms {src} and {dst} are {float(edge_len[e]):.2e} Å apart "
+            f"(closer than {_MIN_DISTANCE} Å): overlapping atoms have no edge direction"
+        )
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -342,6 +358,7 @@ def radius_graph(
     cell_shifts = torch.from_numpy(np.ascontiguousarray(shifts[order])).to(device)
     cell_t = None if cell is None else cell.to(device)
     edge_vec, edge_len = compute_edge_vectors(pos, edge_index, cell_shifts, cell_t)
+    _check_no_overlap(edge_index, edge_len)
     return Graph(edge_index, cell_shifts, edge_vec, edge_len)
 
 
@@ -443,4 +460,5 @@ def batch_radius_graph(batch: Any, cutoff: float, max_neighbors: int | None = No
     edge_graph = torch.from_numpy(np.ascontiguousarray(egraph[order])).to(device)
     cell_t = None if cell is None else cell.to(device)
     edge_vec, edge_len = compute_edge_vectors(pos, edge_index, cell_shifts, cell_t, edge_graph)
+    _check_no_overlap(edge_index, edge_len)
     return Graph(edge_index, cell_shifts, edge_vec, edge_len, edge_graph)
