@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_pubchemqcr import fake_molecules
 
-from tdn_data import ASEDataset, PubChemQCRDataset, load_dataset, write_pubchemqcr
+from tdn_data import ASEDataset, OC20LmdbDataset, PubChemQCRDataset, load_dataset, write_pubchemqcr
 
 FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "data"
 
@@ -34,3 +34,15 @@ def test_errors(tmp_path):
     xyz.write_text("1\nenergy=-1.0\nH 0 0 0\n")
     with pytest.raises(ValueError, match=r"split: .* has no splits"):
         load_dataset(xyz, split="train")
+
+
+def test_fairchem_lmdbs_go_to_the_oc20_reader(tmp_path):
+    from test_oc20 import _cells, _frame, write_graph_lmdb
+
+    frames = [_frame(4, sid=7, fid=i, cell=c) for i, c in enumerate(_cells())]
+    path = write_graph_lmdb(tmp_path / "s2ef.lmdb", frames)  # same suffix as PubChemQCR
+    ds = load_dataset(path)
+    assert isinstance(ds, OC20LmdbDataset) and len(ds) == len(frames)
+    assert ds[0].cell.shape == (1, 3, 3)
+    with pytest.raises(ValueError, match=r"split: .* has no splits"):
+        load_dataset(path, split="train")

@@ -19,7 +19,8 @@ from ._sample import make_sample
 from ._units import BOHR_ANGSTROM, HARTREE_EV, KCAL_MOL_EV, energy_factor
 from .ase_reader import ASEDataset
 from .graphs import Graph, batch_radius_graph, radius_graph
-from .pubchemqcr import PubChemQCRDataset, write_pubchemqcr
+from .oc20 import OC20LmdbDataset
+from .pubchemqcr import PubChemQCRDataset, _open_env, write_pubchemqcr
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "KCAL_MOL_EV",
     "ASEDataset",
     "Graph",
+    "OC20LmdbDataset",
     "PubChemQCRDataset",
     "batch_radius_graph",
     "energy_factor",
@@ -39,22 +41,47 @@ __all__ = [
 ]
 
 
-def _is_pubchemqcr(path: Path) -> bool:
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _lmdb_family(path: Path) -> str | None:
+    """``"pubchemqcr"``, ``"oc20"`` or None (not an LMDB dataset), from names and one probe.
+
+    Both projects name their files ``*.lmdb``; PubChemQCR values are gzip streams,
+    fairchem's are raw pickles or zlib JSON and carry ``length``/``nextid`` keys.
+    """
     if path.is_dir():
-        return any(path.glob("*.lmdb")) or (path / "data.mdb").is_file()
-    return path.suffix in (".lmdb", ".mdb")
+        files = sorted([*path.glob("*.lmdb"), *path.glob("*.aselmdb")])
+        if (path / "data.mdb").is_file():
+            return "oc20"
+        return _lmdb_family(files[0]) if files else None
+    if path.suffix == ".aselmdb":
+        return "oc20"
+    if path.suffix not in (".lmdb", ".mdb"):
+        return None
+    try:
+        env = _open_env(path)  # the process's shared handle: LMDB refuses a second open
+    except ValueError:
+        return "pubchemqcr"  # let the reader report the file as corrupt, with its name
+    with env.begin() as txn:
+        if txn.get(b"length") is not None or txn.get(b"nextid") is not None:
+            return "oc20"
+        first = next(iter(txn.cursor()), None)
+    return "oc20" if first is not None and not first[1].startswith(_GZIP_MAGIC) else "pubchemqcr"
 
 
 def load_dataset(source: str | os.PathLike, *, split: str | None = None, **options) -> Dataset:
     """Open a dataset by path: PubChemQCR LMDB shards (a ``.lmdb`` file or a folder of
-    them) or anything ASE reads (extxyz, ASE db, ...).
+    them), OC20/OC22 LMDBs in fairchem's formats (pickled graphs or ``.aselmdb``), or
+    anything ASE reads (extxyz, ASE db, ...).
 
     Args:
         source: the path.
         split: ``"train"``, ``"val"``, ``"test"`` or None (everything). Splits are by
-            molecule (PubChemQCR readers); ASE files have no split.
+            molecule and exist for PubChemQCR shards; other sources have none.
         **options: passed to :class:`PubChemQCRDataset` (``stage``, ``fractions``,
-            ``seed``, ``reference_energies``, ``dtype``, ...) or :class:`ASEDataset`
+            ``seed``, ``reference_energies``, ``dtype``, ...), :class:`OC20LmdbDataset`
+            (``form``, ``energy_key``, ``forces_key``, ``dtype``) or :class:`ASEDataset`
             (``energy_unit``, ``energy_key``, ``forces_key``, ``index``, ``dtype``, ...).
 
     Raises:
@@ -64,11 +91,14 @@ def load_dataset(source: str | os.PathLike, *, split: str | None = None, **optio
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"source: {str(source)!r} does not exist")
-    if _is_pubchemqcr(path):
+    family = _lmdb_family(path)
+    if family == "pubchemqcr":
         return PubChemQCRDataset(path, split=split or "all", **options)
     if split not in (None, "all"):
         raise ValueError(
-            f"split: {str(source)!r} is read by ASE and has no splits (got split={split!r}); "
+            f"split: {str(source)!r} has no splits (got split={split!r}); "
             "convert it to LMDB shards to split by molecule"
         )
+    if family == "oc20":
+        return OC20LmdbDataset(path, **options)
     return ASEDataset(path, **options)
