@@ -180,3 +180,20 @@ def test_parallel_matches_serial(tmp_path):
     a = _read_shard(tmp_path / "serial" / "shard_00000.lmdb")
     b = _read_shard(tmp_path / "pool" / "shard_00000.lmdb")
     assert a == b
+
+
+def test_float32_precision_rounds_geometry_and_gradient_only():
+    from tdn_data.generate import relax_trajectory
+
+    full = relax_trajectory("CO", 3, max_steps=3)
+    half = relax_trajectory("CO", 3, max_steps=3, precision="float32")
+    assert len(full) == len(half)
+    for a, b in zip(full, half, strict=True):
+        xs = [atom[c] for atom in b["coordinates"] for c in "xyz"]
+        gs = [atom[c] for atom in b["gradient"] for c in ("dx", "dy", "dz")]
+        assert all(float(np.float32(v)) == v for v in xs + gs)
+        ref = [atom[c] for atom in a["coordinates"] for c in "xyz"]
+        assert np.allclose(xs, ref, rtol=1e-6, atol=1e-6)
+        assert abs(a["energy"] - b["energy"]) < 1e-6  # Hartree; same geometry to 1e-6 Å
+    with pytest.raises(ValueError, match="precision: expected"):
+        relax_trajectory("CO", 3, precision="half")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from test_pubchemqcr import fake_molecules
 
 from tdn_data import ASEDataset, OC20LmdbDataset, PubChemQCRDataset, load_dataset, write_pubchemqcr
@@ -46,3 +47,28 @@ def test_fairchem_lmdbs_go_to_the_oc20_reader(tmp_path):
     assert ds[0].cell.shape == (1, 3, 3)
     with pytest.raises(ValueError, match=r"split: .* has no splits"):
         load_dataset(path, split="train")
+
+
+def test_embedded_tiny_loads_by_name_with_splits_and_no_files_written():
+    from tdn_data._embedded import embedded_path
+
+    before = sorted(p.name for p in embedded_path("embedded-tiny").parent.iterdir())
+    ds = load_dataset("embedded-tiny")
+    assert isinstance(ds, PubChemQCRDataset) and ds.num_molecules == 5
+    s = ds[0]
+    assert s.z.dtype.is_floating_point is False and s.pos.shape == (len(s.z), 3)
+    parts = [load_dataset("embedded-tiny", split=k) for k in ("train", "val", "test")]
+    assert sum(p.num_molecules for p in parts) == 5
+    ids = [{p[i].mol_id for i in range(len(p))} for p in parts]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])  # split by molecule
+    assert sorted(p.name for p in embedded_path("embedded-tiny").parent.iterdir()) == before
+
+
+def test_embedded_tiny_is_the_start_of_embedded():
+    tiny, full = load_dataset("embedded-tiny"), load_dataset("embedded")
+    assert full.num_molecules >= 1000 and len(full) >= 20_000
+    for i in range(len(tiny)):
+        a, b = tiny[i], full[i]
+        assert a.mol_id == b.mol_id and a.step == b.step
+        assert torch.equal(a.pos, b.pos) and torch.equal(a.forces, b.forces)
+        assert torch.equal(a.energy, b.energy)

@@ -4,7 +4,8 @@ Every reader yields ``torch_geometric.data.Data`` items with ``z`` (long [N]), `
 ([N, 3], Å), ``energy`` ([1], eV), ``forces`` ([N, 3], eV/Å), ``mol_id``, ``step``,
 ``source``, and ``cell`` ([1, 3, 3], Å) / ``pbc`` ([1, 3]) for periodic frames.
 
->>> from tdn_data import load_dataset                                # doctest: +SKIP
+>>> from tdn_data import load_dataset
+>>> train = load_dataset("embedded", split="train")  # GFN2-xTB relaxations, by molecule
 >>> train = load_dataset("shards/", split="train", reference_energies="fit")  # doctest: +SKIP
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from ._embedded import EMBEDDED, embedded_path
 from ._sample import make_sample
 from ._units import BOHR_ANGSTROM, HARTREE_EV, KCAL_MOL_EV, energy_factor
 from .ase_reader import ASEDataset
@@ -71,12 +73,16 @@ def _lmdb_family(path: Path) -> str | None:
 
 
 def load_dataset(source: str | os.PathLike, *, split: str | None = None, **options) -> Dataset:
-    """Open a dataset by path: PubChemQCR LMDB shards (a ``.lmdb`` file or a folder of
-    them), OC20/OC22 LMDBs in fairchem's formats (pickled graphs or ``.aselmdb``), or
-    anything ASE reads (extxyz, ASE db, ...).
+    """Open a dataset by name or by path.
+
+    Names: ``"embedded"`` and ``"embedded-tiny"``, the shipped GFN2-xTB relaxation
+    trajectories (``tdn_data/embedded/DATACARD.md``). Paths: PubChemQCR LMDB shards (a
+    ``.lmdb`` file or a folder of them), OC20/OC22 LMDBs in fairchem's formats
+    (pickled graphs or ``.aselmdb``), or anything ASE reads (extxyz, ASE db, ...).
 
     Args:
-        source: the path.
+        source: ``"embedded"``, ``"embedded-tiny"`` (names win over same-named paths),
+            or a path.
         split: ``"train"``, ``"val"``, ``"test"`` or None (everything). Splits are by
             molecule and exist for PubChemQCR shards; other sources have none.
         **options: passed to :class:`PubChemQCRDataset` (``stage``, ``fractions``,
@@ -88,6 +94,9 @@ def load_dataset(source: str | os.PathLike, *, split: str | None = None, **optio
         FileNotFoundError: ``source`` does not exist.
         ValueError: a split was asked of a file that has none.
     """
+    if isinstance(source, str) and source in EMBEDDED:
+        options.setdefault("cache_index", False)  # never write into the installed package
+        return PubChemQCRDataset(embedded_path(source), split=split or "all", **options)
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"source: {str(source)!r} does not exist")

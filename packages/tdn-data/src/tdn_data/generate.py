@@ -95,11 +95,11 @@ def nci_smiles() -> list[str]:
     return out
 
 
-def check_seed(smiles: str) -> str | None:
+def check_seed(smiles: str, max_atoms: int = MAX_ATOMS) -> str | None:
     """Why ``smiles`` is rejected as a seed (a short reason), or None if it is accepted.
 
     Accepted: parses, total formal charge 0, no radical electrons (GFN2-xTB is run
-    closed-shell), elements in :data:`ALLOWED_ELEMENTS`, at most :data:`MAX_ATOMS`
+    closed-shell), elements in :data:`ALLOWED_ELEMENTS`, at most ``max_atoms``
     atoms including hydrogens, a single fragment (salts and mixtures are rejected).
     """
     from rdkit import Chem, rdBase
@@ -117,7 +117,7 @@ def check_seed(smiles: str) -> str | None:
         return "elements"
     if len(Chem.GetMolFrags(mol)) != 1:
         return "fragments"
-    if mol.GetNumAtoms() + sum(a.GetTotalNumHs() for a in mol.GetAtoms()) > MAX_ATOMS:
+    if mol.GetNumAtoms() + sum(a.GetTotalNumHs() for a in mol.GetAtoms()) > max_atoms:
         return "too_many_atoms"
     return None
 
@@ -173,9 +173,17 @@ def _step(
     pos_ang: np.ndarray,
     energy_ev: float,
     forces_ev_ang: np.ndarray,
+    precision: str = "float64",
 ) -> dict:
-    """One PubChemQCR step from ASE units (eV, eV/Å) to Å, Hartree, Hartree/Bohr."""
+    """One PubChemQCR step from ASE units (eV, eV/Å) to Å, Hartree, Hartree/Bohr.
+
+    ``precision="float32"`` rounds coordinates and gradient components to float32
+    (1e-7 relative; the energy stays float64): their doubles then end in zero bits,
+    which gzip stores in about half the bytes.
+    """
     grad = -np.asarray(forces_ev_ang, dtype=np.float64) * (_BOHR_ANG / _HARTREE_EV)
+    if precision == "float32":
+        pos_ang, grad = np.float32(pos_ang), np.float32(grad)
     return {
         "coordinates": [
             {"atom": s, "charge": q, "x": float(p[0]), "y": float(p[1]), "z": float(p[2])}
@@ -197,6 +205,7 @@ def relax_trajectory(
     max_steps: int = 200,
     displacement: float = 0.1,
     maxstep: float = 0.2,
+    precision: str = "float64",
 ) -> list[dict]:
     """Relax one molecule with BFGS on GFN2-xTB and return every step (PubChemQCR steps).
 
@@ -209,6 +218,8 @@ def relax_trajectory(
             trajectory is still returned.
         displacement: Gaussian displacement of the start geometry, Å.
         maxstep: BFGS step cap (largest atomic move per step), Å.
+        precision: ``"float64"`` or ``"float32"``: the precision coordinates and
+            gradients are stored at (see :func:`_step`); the energy is always float64.
 
     Returns:
         A list of step dicts (Å, Hartree, Hartree/Bohr), the start geometry first.
@@ -222,6 +233,8 @@ def relax_trajectory(
     from ase.optimize import BFGS
     from tblite.ase import TBLite
 
+    if precision not in ("float64", "float32"):
+        raise ValueError(f"precision: expected 'float64' or 'float32', got {precision!r}")
     symbols, charges, pos = embed(smiles, seed, displacement)
     atoms = Atoms(symbols=symbols, positions=pos)
     # verbosity=0 silences tblite's per-call printout; charge 0 / closed shell.
@@ -238,6 +251,7 @@ def relax_trajectory(
                 atoms.get_positions(),
                 atoms.get_potential_energy(),
                 atoms.get_forces(),
+                precision,
             )
         )
 
@@ -285,6 +299,7 @@ def _process_molecule(task: tuple[int, str, dict]) -> tuple[int, dict | None, st
             fmax=params["fmax"],
             max_steps=params["max_steps"],
             displacement=params["displacement"],
+            precision=params["precision"],
         )
         if not steps:
             raise RuntimeError("empty trajectory")
@@ -325,7 +340,7 @@ def _key(index: int) -> str:
 
 
 def select_seeds(
-    smiles: list[str], first: int, num_molecules: int
+    smiles: list[str], first: int, num_molecules: int, max_atoms: int = MAX_ATOMS
 ) -> tuple[list[int], dict[str, int]]:
     """Indices of the first ``num_molecules`` accepted seeds from ``first`` on, and skip counts.
 
@@ -337,7 +352,7 @@ def select_seeds(
     for i in range(first, len(smiles)):
         if len(chosen) >= num_molecules:
             break
-        reason = check_seed(smiles[i])
+        reason = check_seed(smiles[i], max_atoms)
         if reason is None:
             chosen.append(i)
         else:
@@ -367,6 +382,8 @@ def generate_dataset(
     fmax: float = 0.05,
     max_steps: int = 200,
     displacement: float = 0.1,
+    max_atoms: int = MAX_ATOMS,
+    precision: str = "float64",
     smiles: list[str] | None = None,
     progress: bool = True,
 ) -> dict:
@@ -383,6 +400,9 @@ def generate_dataset(
         fmax: BFGS convergence threshold, eV/Å.
         max_steps: maximum BFGS steps per molecule.
         displacement: Gaussian displacement of the start geometry, Å.
+        max_atoms: largest accepted seed, atoms including hydrogens.
+        precision: storage precision of coordinates and gradients (see
+            :func:`relax_trajectory`).
         smiles: seed list (default :func:`nci_smiles`); keys are indices into it.
         progress: show a tqdm progress bar over molecules.
 
@@ -400,11 +420,24 @@ def generate_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seeds = nci_smiles() if smiles is None else list(smiles)
-    params = {"seed": seed, "fmax": fmax, "max_steps": max_steps, "displacement": displacement}
+    params = {
+        "seed": seed,
+        "fmax": fmax,
+        "max_steps": max_steps,
+        "displacement": displacement,
+        "precision": precision,
+    }
     # Shard i is always the same molecules for the same (seeds, first, shard_size), so a
     # restart with other settings would mix incompatible shards: refuse it.
     source = SOURCE if smiles is None else "custom"
-    config = {**params, "first": first, "shard_size": shard_size, "source": source, "level": LEVEL}
+    config = {
+        **params,
+        "first": first,
+        "shard_size": shard_size,
+        "max_atoms": max_atoms,
+        "source": source,
+        "level": LEVEL,
+    }
     cfg_path = out / "config.json"
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
@@ -414,7 +447,7 @@ def generate_dataset(
         _write_json_atomic(cfg_path, config)
 
     t0 = time.perf_counter()
-    chosen, skipped = select_seeds(seeds, first, num_molecules)
+    chosen, skipped = select_seeds(seeds, first, num_molecules, max_atoms)
     shards = [chosen[i : i + shard_size] for i in range(0, len(chosen), shard_size)]
     pending = [
         s for s, idx in enumerate(shards) if not _shard_complete(out, s, [_key(i) for i in idx])
