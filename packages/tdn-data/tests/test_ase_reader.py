@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -11,14 +9,15 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from ase.io import read, write
+from conftest import SHARED_DATA, needs_shared_data
 from torch_geometric.data import Batch
 
 from tdn_data._units import HARTREE_EV, KCAL_MOL_EV, energy_factor, force_factor
 from tdn_data.ase_reader import ASEDataset
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 KCAL = 0.0433641  # the fixtures README's factor
-needs_data = pytest.mark.skipif(not DATA.exists(), reason="shared fixtures not present")
+needs_data = needs_shared_data
 
 
 def test_units():

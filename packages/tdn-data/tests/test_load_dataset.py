@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 from test_pubchemqcr import fake_molecules
 
 from tdn_data import ASEDataset, OC20LmdbDataset, PubChemQCRDataset, load_dataset, write_pubchemqcr
-
-FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 def test_lmdb_file_and_folder_go_to_the_pubchemqcr_reader(tmp_path):
@@ -21,9 +18,9 @@ def test_lmdb_file_and_folder_go_to_the_pubchemqcr_reader(tmp_path):
     assert len({folder[i].mol_id for i in range(len(folder))}) == 3  # 60% of 5 molecules
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/data fixtures not present")
+@needs_shared_data
 def test_other_files_go_to_ase_with_units():
-    ds = load_dataset(FIXTURES / "md17_aspirin_15.extxyz", energy_unit="kcal/mol")
+    ds = load_dataset(SHARED_DATA / "md17_aspirin_15.extxyz", energy_unit="kcal/mol")
     assert isinstance(ds, ASEDataset) and len(ds) == 15
     assert ds[0].energy.abs().item() > 1e4  # aspirin's total energy in eV, not kcal/mol
 
