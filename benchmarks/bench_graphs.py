@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
+from _timing import median_ms
 from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
@@ -33,18 +31,6 @@ from torch_geometric.data import Batch, Data
 
 from tdn_data import graphs
 from tdn_data.graphs import batch_radius_graph, radius_graph
-
-
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, in ms."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def periodic_cell(seed: int) -> Atoms:

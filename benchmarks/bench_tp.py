@@ -16,27 +16,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _timing import median_ms
 
 import tdn_core
 from tdn_core import TensorProduct
 from tdn_core._io import atomic_write
-
-
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

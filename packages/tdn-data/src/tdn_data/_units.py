@@ -42,18 +42,22 @@ _ENERGY_ALIASES = {k.lower(): k for k in ENERGY_UNITS} | {"ha": "Hartree", "au":
 _LENGTH_ALIASES = {k.lower(): k for k in LENGTH_UNITS} | {"a": "Å", "ang": "Å"}
 
 
+def _factor(unit: str, table: dict, aliases: dict, kind: str, argument: str) -> float:
+    name = aliases.get(str(unit).strip().lower())
+    if name is None:
+        raise ValueError(
+            f"{argument}={unit!r} is not a known {kind} unit; use one of {sorted(table)}"
+        )
+    return table[name]
+
+
 def energy_factor(unit: str, *, argument: str = "energy_unit") -> float:
     """eV per ``unit`` (multiply values stored in ``unit`` by this to get eV).
 
     Raises:
         ValueError: unknown unit (names ``argument`` and lists the accepted units).
     """
-    name = _ENERGY_ALIASES.get(str(unit).strip().lower())
-    if name is None:
-        raise ValueError(
-            f"{argument}={unit!r} is not a known energy unit; use one of {sorted(ENERGY_UNITS)}"
-        )
-    return ENERGY_UNITS[name]
+    return _factor(unit, ENERGY_UNITS, _ENERGY_ALIASES, "energy", argument)
 
 
 def length_factor(unit: str, *, argument: str = "length_unit") -> float:
@@ -62,12 +66,7 @@ def length_factor(unit: str, *, argument: str = "length_unit") -> float:
     Raises:
         ValueError: unknown unit (names ``argument`` and lists the accepted units).
     """
-    name = _LENGTH_ALIASES.get(str(unit).strip().lower())
-    if name is None:
-        raise ValueError(
-            f"{argument}={unit!r} is not a known length unit; use one of {sorted(LENGTH_UNITS)}"
-        )
-    return LENGTH_UNITS[name]
+    return _factor(unit, LENGTH_UNITS, _LENGTH_ALIASES, "length", argument)
 
 
 def force_factor(energy_unit: str, length_unit: str = "Å") -> float:

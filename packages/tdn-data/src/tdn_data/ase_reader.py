@@ -38,54 +38,45 @@ def _first_scalar(value, where: str) -> float:
     return float(arr[0])
 
 
+def _lookup(what: str, key: str | None, where: str, sources: list[tuple[str, object]]):
+    """The first of ``sources`` (name, mapping or attribute value) that holds ``what``.
+
+    ``key`` (default ``what``) is looked up in every mapping; an attribute source (a
+    non-mapping value, e.g. ``row.energy``) counts only for the default key.
+    """
+    k = what if key is None else key
+    for _, source in sources:
+        if isinstance(source, dict) or hasattr(source, "keys"):
+            if k in source:
+                return source[k]
+        elif k == what and source is not None:
+            return source
+    listed = ", ".join(f"{name} {sorted(src)}" for name, src in sources if hasattr(src, "keys"))
+    raise ValueError(f"{where}: no {what} under key {k!r} ({listed}); set {what}_key")
+
+
 def _row_energy(row, key: str | None, where: str):
-    keys = ("energy",) if key is None else (key,)
-    for k in keys:
-        if k in row.key_value_pairs:
-            return row.key_value_pairs[k]
-        if k in row.get("data", {}):
-            return row.data[k]
-        if k == "energy" and row.get("energy") is not None:
-            return row.energy
-    raise ValueError(
-        f"{where}: no energy under key {keys[0]!r} (key-value pairs {sorted(row.key_value_pairs)}, "
-        f"data {sorted(row.get('data', {}))}); set energy_key"
-    )
+    sources = [("key-value pairs", row.key_value_pairs), ("data", row.get("data", {}))]
+    return _lookup("energy", key, where, [*sources, ("row", row.get("energy"))])
 
 
 def _row_forces(row, key: str | None, where: str):
-    k = "forces" if key is None else key
-    if k in row.get("data", {}):
-        return row.data[k]
-    if k == "forces" and row.get("forces") is not None:
-        return row.forces
-    raise ValueError(
-        f"{where}: no forces under key {k!r} (data {sorted(row.get('data', {}))}); set forces_key"
+    return _lookup(
+        "forces", key, where, [("data", row.get("data", {})), ("row", row.get("forces"))]
     )
+
+
+def _atoms_results(atoms: Atoms) -> dict:
+    return atoms.calc.results if atoms.calc is not None else {}
 
 
 def _atoms_energy(atoms: Atoms, key: str | None, where: str):
-    k = "energy" if key is None else key
-    results = atoms.calc.results if atoms.calc is not None else {}
-    if k in results:
-        return results[k]
-    if k in atoms.info:
-        return atoms.info[k]
-    raise ValueError(
-        f"{where}: no energy under key {k!r} (info {sorted(atoms.info)}); set energy_key"
-    )
+    return _lookup("energy", key, where, [("results", _atoms_results(atoms)), ("info", atoms.info)])
 
 
 def _atoms_forces(atoms: Atoms, key: str | None, where: str):
-    k = "forces" if key is None else key
-    results = atoms.calc.results if atoms.calc is not None else {}
-    if k in results:
-        return results[k]
-    if k in atoms.arrays:
-        return atoms.arrays[k]
-    raise ValueError(
-        f"{where}: no forces under key {k!r} (arrays {sorted(atoms.arrays)}); set forces_key"
-    )
+    sources = [("results", _atoms_results(atoms)), ("arrays", atoms.arrays)]
+    return _lookup("forces", key, where, sources)
 
 
 class ASEDataset(Dataset):
