@@ -28,7 +28,7 @@ fi
 echo "setup: installing tdn-core, tdn-data, tdn-models, tdn-cli (editable) and dev tools" >&2
 pip_install \
   -e "packages/tdn-core[e3nn,cueq,triton,test]" \
-  -e "packages/tdn-data[generate,test]" \
+  -e "packages/tdn-data[generate,qm9,test]" \
   -e packages/tdn-models \
   -e packages/tdn-cli \
   "ruff==0.17.6" "pytest>=8"

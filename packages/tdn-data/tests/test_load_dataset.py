@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from conftest import SHARED_DATA, needs_shared_data
@@ -69,3 +71,12 @@ def test_embedded_tiny_is_the_start_of_embedded():
         assert a.mol_id == b.mol_id and a.step == b.step
         assert torch.equal(a.pos, b.pos) and torch.equal(a.forces, b.forces)
         assert torch.equal(a.energy, b.energy)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("qm9pack") is None, reason="needs tdn-data[qm9]")
+def test_qm9_by_name():
+    from tdn_data import QM9Dataset
+
+    ds = load_dataset("qm9", split="test", limit=100)
+    assert isinstance(ds, QM9Dataset) and 0 < len(ds) < 100
+    assert "forces" not in ds[0]

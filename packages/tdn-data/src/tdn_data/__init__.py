@@ -1,8 +1,9 @@
 """tdn_data: dataset readers and graph construction for TDN.
 
 Every reader yields ``torch_geometric.data.Data`` items with ``z`` (long [N]), ``pos``
-([N, 3], Å), ``energy`` ([1], eV), ``forces`` ([N, 3], eV/Å), ``mol_id``, ``step``,
-``source``, and ``cell`` ([1, 3, 3], Å) / ``pbc`` ([1, 3]) for periodic frames.
+([N, 3], Å), ``energy`` ([1], eV), ``forces`` ([N, 3], eV/Å; absent for QM9, which has
+none), ``mol_id``, ``step``, ``source``, and ``cell`` ([1, 3, 3], Å) / ``pbc``
+([1, 3]) for periodic frames.
 
 >>> from tdn_data import load_dataset
 >>> train = load_dataset("embedded", split="train")  # GFN2-xTB relaxations, by molecule
@@ -23,6 +24,7 @@ from .ase_reader import ASEDataset
 from .graphs import Graph, batch_radius_graph, radius_graph
 from .oc20 import OC20LmdbDataset
 from .pubchemqcr import PubChemQCRDataset, _open_env, write_pubchemqcr
+from .qm9 import QM9_TARGETS, QM9Dataset, QM9Unavailable
 
 __version__ = "0.1.0"
 
@@ -30,10 +32,13 @@ __all__ = [
     "BOHR_ANGSTROM",
     "HARTREE_EV",
     "KCAL_MOL_EV",
+    "QM9_TARGETS",
     "ASEDataset",
     "Graph",
     "OC20LmdbDataset",
     "PubChemQCRDataset",
+    "QM9Dataset",
+    "QM9Unavailable",
     "batch_radius_graph",
     "energy_factor",
     "load_dataset",
@@ -76,13 +81,15 @@ def load_dataset(source: str | os.PathLike, *, split: str | None = None, **optio
     """Open a dataset by name or by path.
 
     Names: ``"embedded"`` and ``"embedded-tiny"``, the shipped GFN2-xTB relaxation
-    trajectories (``tdn_data/embedded/DATACARD.md``). Paths: PubChemQCR LMDB shards (a
+    trajectories (``tdn_data/embedded/DATACARD.md``); ``"qm9"``, QM9's B3LYP energies
+    at equilibrium geometries from the ``qm9pack`` package (``tdn-data[qm9]``; items
+    have no ``forces``). Paths: PubChemQCR LMDB shards (a
     ``.lmdb`` file or a folder of them), OC20/OC22 LMDBs in fairchem's formats
     (pickled graphs or ``.aselmdb``), or anything ASE reads (extxyz, ASE db, ...).
 
     Args:
-        source: ``"embedded"``, ``"embedded-tiny"`` (names win over same-named paths),
-            or a path.
+        source: ``"embedded"``, ``"embedded-tiny"``, ``"qm9"`` (names win over
+            same-named paths), or a path.
         split: ``"train"``, ``"val"``, ``"test"`` or None (everything). Splits are by
             molecule and exist for PubChemQCR shards; other sources have none.
         **options: passed to :class:`PubChemQCRDataset` (``stage``, ``fractions``,
@@ -94,6 +101,8 @@ def load_dataset(source: str | os.PathLike, *, split: str | None = None, **optio
         FileNotFoundError: ``source`` does not exist.
         ValueError: a split was asked of a file that has none.
     """
+    if isinstance(source, str) and source.lower() == "qm9":
+        return QM9Dataset(split=split, **options)
     if isinstance(source, str) and source in EMBEDDED:
         options.setdefault("cache_index", False)  # never write into the installed package
         return PubChemQCRDataset(embedded_path(source), split=split or "all", **options)

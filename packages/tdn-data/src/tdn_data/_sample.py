@@ -5,7 +5,8 @@ Fields (N atoms):
 - ``z``: long [N], atomic numbers in 1..118
 - ``pos``: float [N, 3], Å
 - ``energy``: float [1], eV (shape [1] so ``Batch`` concatenates to [B])
-- ``forces``: float [N, 3], eV/Å
+- ``forces``: float [N, 3], eV/Å; absent where the source has none (e.g. QM9, which
+  holds energies at equilibrium geometries only)
 - ``cell``: float [1, 3, 3], Å, and ``pbc``: bool [1, 3]; only where periodic
 - ``mol_id`` (str), ``step`` (int), ``source`` (str): provenance
 
@@ -41,7 +42,8 @@ def make_sample(
         z: [N] atomic numbers.
         pos: [N, 3] positions, Å.
         energy: energy, eV.
-        forces: [N, 3] forces, eV/Å.
+        forces: [N, 3] forces, eV/Å, or None for a source without forces: the sample
+            then has no ``forces`` attribute (never NaN-filled placeholders).
         cell: optional [3, 3] cell vectors (rows), Å; given with ``pbc`` for periodic systems.
         pbc: optional [3] periodicity flags; if any is True a cell is required.
         mol_id, step, source: provenance (source is e.g. ``"file.lmdb key '000015111'"``).
@@ -62,8 +64,9 @@ def make_sample(
         raise ValueError(f"{where}: atomic numbers outside 1..{MAX_Z}: {bad}")
     n = z_np.shape[0]
     pos_np = np.asarray(pos, dtype=np.float64)
-    forces_np = np.asarray(forces, dtype=np.float64)
-    for name, arr in (("pos", pos_np), ("forces", forces_np)):
+    forces_np = None if forces is None else np.asarray(forces, dtype=np.float64)
+    checks = [("pos", pos_np)] + ([] if forces_np is None else [("forces", forces_np)])
+    for name, arr in checks:
         if arr.shape != (n, 3):
             raise ValueError(f"{where}: {name} has shape {arr.shape}, expected ({n}, 3)")
         if not np.isfinite(arr).all():
@@ -74,15 +77,14 @@ def make_sample(
     if not np.isfinite(energy_np).all():
         raise ValueError(f"{where}: energy is NaN or inf")
 
-    data = Data(
+    fields = dict(
         z=torch.as_tensor(z_np, dtype=torch.long),
         pos=torch.as_tensor(pos_np, dtype=dtype),
         energy=torch.as_tensor(energy_np, dtype=dtype),
-        forces=torch.as_tensor(forces_np, dtype=dtype),
-        mol_id=str(mol_id),
-        step=int(step),
-        source=str(source),
     )
+    if forces_np is not None:
+        fields["forces"] = torch.as_tensor(forces_np, dtype=dtype)
+    data = Data(**fields, mol_id=str(mol_id), step=int(step), source=str(source))
     if pbc is not None and bool(np.any(pbc)):
         pbc_np = np.asarray(pbc, dtype=bool).reshape(-1)
         if pbc_np.shape != (3,):
