@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -197,3 +198,75 @@ def test_float32_precision_rounds_geometry_and_gradient_only():
         assert abs(a["energy"] - b["energy"]) < 1e-6  # Hartree; same geometry to 1e-6 Å
     with pytest.raises(ValueError, match="precision: expected"):
         relax_trajectory("CO", 3, precision="half")
+
+
+_needs_qm9 = pytest.mark.skipif(
+    importlib.util.find_spec("qm9pack") is None, reason="qm9pack (tdn-data[qm9]) not installed"
+)
+
+
+@_needs_qm9
+def test_qm9_source(tmp_path):
+    from tdn_data.qm9 import QM9Dataset
+
+    s = gen.generate_dataset(
+        tmp_path,
+        num_molecules=2,
+        shard_size=2,
+        processes=0,
+        source="qm9",
+        progress=False,
+        max_steps=60,
+    )
+    assert s["molecules_written"] == 2 and s["molecules_failed"] == 0
+    assert s["seeds_total"] < 1000  # a partial read, not the whole table
+    assert json.loads((tmp_path / "config.json").read_text())["source"] == "qm9pack QM9"
+    shard = _read_shard(tmp_path / "shard_00000.lmdb")
+    assert list(shard) == [b"000000001", b"000000002"]  # QM9 indices: methane, ammonia
+    ref = QM9Dataset(limit=2)
+    for key, item in zip(shard, ref, strict=True):
+        v = shard[key]
+        assert v["meta"]["source"] == "qm9pack QM9"
+        assert v["meta"]["qm9_index"] == int(key) == int(item.mol_id)
+        assert "smiles" not in v["meta"]
+        steps = v["DFT_1st"]
+        first = np.array([[a["x"], a["y"], a["z"]] for a in steps[0]["coordinates"]])
+        qm9_pos = item.pos.numpy()
+        # start = QM9 geometry + the seeded displacement (0.1 Å std per component)
+        seed = int(gen._molecule_seed(0, int(key)).generate_state(1)[0])
+        np.testing.assert_array_equal(first, gen.displace(qm9_pos, seed, 0.1))
+        assert np.abs(first - qm9_pos).max() < 0.5 and not np.array_equal(first, qm9_pos)
+        assert [a["atom"] for a in steps[0]["coordinates"]] == [
+            {1: "H", 6: "C", 7: "N"}[int(z)] for z in item.z
+        ]
+        assert all(a["charge"] == 0 for a in steps[0]["coordinates"])
+        energies = [st["energy"] for st in steps]
+        assert len(steps) >= 2 and energies[-1] < energies[0]
+
+
+@_needs_qm9
+def test_mixing_sources_is_refused(tmp_path):
+    kw = dict(num_molecules=1, shard_size=1, processes=0, progress=False, max_steps=5)
+    gen.generate_dataset(tmp_path / "q", source="qm9", **kw)
+    with pytest.raises(ValueError, match="other parameters"):
+        gen.generate_dataset(tmp_path / "q", smiles=TINY, **kw)
+    with pytest.raises(ValueError, match="other parameters"):
+        gen.generate_dataset(tmp_path / "q", **{**kw, "num_molecules": 0})
+    gen.generate_dataset(tmp_path / "n", smiles=TINY, **kw)
+    with pytest.raises(ValueError, match="other parameters"):
+        gen.generate_dataset(tmp_path / "n", source="qm9", **kw)
+    with pytest.raises(ValueError, match="source: expected"):
+        gen.generate_dataset(tmp_path / "x", source="pubchem", **kw)
+    with pytest.raises(ValueError, match="needs source='nci'"):
+        gen.generate_dataset(tmp_path / "x", source="qm9", smiles=TINY, **kw)
+
+
+def test_relax_atoms_matches_relax_trajectory():
+    """relax_trajectory is ETKDG + relax_atoms: same steps from the same embedding."""
+    symbols, charges, pos = gen.etkdg_conformer("CO", 3)
+    direct = gen.relax_atoms(symbols, charges, pos, 3, max_steps=3)
+    assert direct == gen.relax_trajectory("CO", 3, max_steps=3)
+    first = np.array([[a["x"], a["y"], a["z"]] for a in direct[0]["coordinates"]])
+    np.testing.assert_array_equal(first, gen.embed("CO", 3)[2])
+    with pytest.raises(ValueError, match="expected"):
+        gen.relax_atoms(symbols[:-1], charges, pos, 3)

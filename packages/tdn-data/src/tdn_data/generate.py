@@ -6,17 +6,26 @@ that passes the filter (neutral, elements in {H, C, N, O, F, S, Cl}, at most
 with ETKDG (fixed random seed per molecule), displaced by a seeded Gaussian, and
 relaxed with ASE's BFGS on tblite's GFN2-xTB. Every optimizer step is kept.
 
+With ``source="qm9"`` the seeds are instead QM9 molecules (H, C, N, O, F; neutral,
+closed-shell) read through :mod:`tdn_data.qm9` (optional ``qm9pack``) and filtered by
+``max_atoms``: the start geometry is the QM9 equilibrium geometry (Å) plus the same
+seeded Gaussian displacement, relaxed the same way (:func:`relax_atoms`). Seed reading
+and filtering live in :mod:`tdn_data._seeds`.
+
 The labels are **semi-empirical GFN2-xTB, not DFT**. They are written in the
 PubChemQCR LMDB schema so the embedded data goes through the same reader as the real
 dataset:
 
 - key: the seed's 0-based index in :func:`nci_smiles`, zero-padded to 9 digits
-  (``b'000000042'``). **It is not a PubChem CID.**
+  (``b'000000042'``); for ``source="qm9"`` the **QM9 index**, zero-padded the same
+  way (``b'000000001'`` is methane). **Neither is a PubChem CID.**
 - value: ``{'pm3': None, 'hf': None, 'DFT_1st': [step, ...], 'DFT_2nd': None,
   'meta': {...}}``; the trajectory sits in ``DFT_1st`` only because that is the stage
   the reader trains on. Each step is ``{'coordinates': [{'atom', 'charge', 'x', 'y',
   'z'}] (Å), 'energy': Hartree, 'gradient': [{'atom', 'charge', 'dx', 'dy', 'dz'}]
-  (Hartree/Bohr)}``; ``charge`` is the RDKit formal charge of the atom.
+  (Hartree/Bohr)}``; ``charge`` is the RDKit formal charge of the atom (0 for QM9).
+  ``meta`` holds ``smiles``, ``source``, ``index`` for NCI seeds and ``source``
+  (``"qm9pack QM9"``), ``qm9_index`` (no SMILES) for QM9 seeds.
 
 Output layout of :func:`generate_dataset` in ``out_dir``: ``config.json`` (the
 parameters; a restart with different ones is refused), ``shard_XXXXX.lmdb`` (via
@@ -42,12 +51,40 @@ from typing import Any
 import numpy as np
 
 from tdn_data._lmdb_io import write_lmdb
+from tdn_data._seeds import (
+    ALLOWED_ELEMENTS,
+    MAX_ATOMS,
+    QM9_SOURCE,
+    SOURCE,
+    QM9Seed,
+    check_seed,
+    displace,
+    embed,
+    etkdg_conformer,
+    nci_smiles,
+    qm9_seeds,
+    select_seeds,
+)
 
-#: Elements a seed may contain (what the NCI set has that GFN2-xTB handles well).
-ALLOWED_ELEMENTS = frozenset({"H", "C", "N", "O", "F", "S", "Cl"})
-#: Maximum atom count of a seed, hydrogens included.
-MAX_ATOMS = 40
-SOURCE = "rdkit NCI first_5K"
+__all__ = [
+    "ALLOWED_ELEMENTS",
+    "LEVEL",
+    "MAX_ATOMS",
+    "QM9_SOURCE",
+    "SOURCE",
+    "QM9Seed",
+    "check_seed",
+    "displace",
+    "embed",
+    "etkdg_conformer",
+    "generate_dataset",
+    "nci_smiles",
+    "qm9_seeds",
+    "relax_atoms",
+    "relax_trajectory",
+    "select_seeds",
+]
+
 LEVEL = "GFN2-xTB"
 
 # Unit conversions: tblite.ase converts its native Hartree and Hartree/Bohr results with
@@ -83,88 +120,9 @@ def _one_openmp_thread() -> Iterator[None]:
         gomp.omp_set_num_threads(before)
 
 
-def nci_smiles() -> list[str]:
-    """SMILES of RDKit's bundled ``Data/NCI/first_5K.smi`` in file order (no filtering)."""
-    from rdkit import RDConfig
-
-    path = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            out.append(line.split()[0])
-    return out
-
-
-def check_seed(smiles: str, max_atoms: int = MAX_ATOMS) -> str | None:
-    """Why ``smiles`` is rejected as a seed (a short reason), or None if it is accepted.
-
-    Accepted: parses, total formal charge 0, no radical electrons (GFN2-xTB is run
-    closed-shell), elements in :data:`ALLOWED_ELEMENTS`, at most ``max_atoms``
-    atoms including hydrogens, a single fragment (salts and mixtures are rejected).
-    """
-    from rdkit import Chem, rdBase
-
-    # Rejects are counted by reason; RDKit's own parse errors would only be noise.
-    blocker = rdBase.BlockLogs()  # noqa: F841 (logging is restored when it is freed)
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        return "unparsable"
-    if Chem.GetFormalCharge(mol) != 0:
-        return "charged"
-    if any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
-        return "radical"
-    if any(a.GetSymbol() not in ALLOWED_ELEMENTS for a in mol.GetAtoms()):
-        return "elements"
-    if len(Chem.GetMolFrags(mol)) != 1:
-        return "fragments"
-    if mol.GetNumAtoms() + sum(a.GetTotalNumHs() for a in mol.GetAtoms()) > max_atoms:
-        return "too_many_atoms"
-    return None
-
-
 def _molecule_seed(seed: int, index: int) -> np.random.SeedSequence:
     """Per-molecule seed sequence: independent of shard layout and process count."""
     return np.random.SeedSequence([seed, index])
-
-
-def embed(
-    smiles: str, seed: int, displacement: float = 0.1
-) -> tuple[list[str], list[int], np.ndarray]:
-    """ETKDG conformer of ``smiles`` plus a seeded Gaussian displacement.
-
-    Args:
-        smiles: the molecule.
-        seed: integer seed for ETKDG and for the displacement.
-        displacement: standard deviation of the Gaussian displacement per Cartesian
-            component, Å (moves the start off ETKDG's idealised geometry so the
-            relaxation visits strained configurations).
-
-    Returns:
-        (element symbols, formal charges, positions of shape (n, 3) in Å).
-
-    Raises:
-        ValueError: the SMILES does not parse or ETKDG fails to embed it.
-    """
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise ValueError(f"unparsable SMILES {smiles!r}")
-    mol = Chem.AddHs(mol)
-    params = AllChem.ETKDGv3()
-    # RDKit wants a non-negative 31-bit seed.
-    ss = np.random.SeedSequence(seed)
-    params.randomSeed = int(ss.generate_state(1)[0] & 0x7FFFFFFF)
-    params.numThreads = 1
-    if AllChem.EmbedMolecule(mol, params) != 0:
-        raise ValueError(f"ETKDG failed to embed {smiles!r}")
-    pos = np.array(mol.GetConformer().GetPositions(), dtype=np.float64)
-    rng = np.random.default_rng(ss)
-    pos = pos + rng.normal(scale=displacement, size=pos.shape)
-    symbols = [a.GetSymbol() for a in mol.GetAtoms()]
-    charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
-    return symbols, charges, pos
 
 
 def _step(
@@ -207,11 +165,63 @@ def relax_trajectory(
     maxstep: float = 0.2,
     precision: str = "float64",
 ) -> list[dict]:
-    """Relax one molecule with BFGS on GFN2-xTB and return every step (PubChemQCR steps).
+    """Embed ``smiles`` with ETKDG and relax it (see :func:`relax_atoms`).
 
     Args:
         smiles: the molecule (hydrogens are added).
         seed: integer seed for the embedding and the displacement.
+        fmax, max_steps, displacement, maxstep, precision: as in :func:`relax_atoms`.
+
+    Returns:
+        A list of step dicts (Å, Hartree, Hartree/Bohr), the start geometry first.
+        The labels are GFN2-xTB (semi-empirical), not DFT.
+
+    Raises:
+        ValueError: embedding failed, or a bad ``precision``. Exceptions from tblite
+        (e.g. SCF not converged) propagate.
+    """
+    _check_precision(precision)
+    symbols, charges, pos = etkdg_conformer(smiles, seed)
+    return relax_atoms(
+        symbols,
+        charges,
+        pos,
+        seed,
+        fmax=fmax,
+        max_steps=max_steps,
+        displacement=displacement,
+        maxstep=maxstep,
+        precision=precision,
+    )
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in ("float64", "float32"):
+        raise ValueError(f"precision: expected 'float64' or 'float32', got {precision!r}")
+
+
+def relax_atoms(
+    symbols: list[str],
+    charges: list[int],
+    positions: np.ndarray,
+    seed: int,
+    *,
+    fmax: float = 0.05,
+    max_steps: int = 200,
+    displacement: float = 0.1,
+    maxstep: float = 0.2,
+    precision: str = "float64",
+) -> list[dict]:
+    """Displace a geometry, relax it with BFGS on GFN2-xTB and return every step.
+
+    The molecule is run neutral and closed-shell (total charge 0, singlet); ``charges``
+    are the per-atom formal charges stored with each atom (0 for QM9).
+
+    Args:
+        symbols: element symbols.
+        charges: per-atom formal charges (stored, not used by the calculation).
+        positions: start geometry before the displacement, shape (n, 3), Å.
+        seed: integer seed of the Gaussian displacement (see :func:`displace`).
         fmax: convergence threshold on the largest atomic force, eV/Å.
         max_steps: maximum number of BFGS steps; the trajectory has at most
             ``max_steps + 1`` snapshots (the start included). An unconverged
@@ -222,20 +232,26 @@ def relax_trajectory(
             gradients are stored at (see :func:`_step`); the energy is always float64.
 
     Returns:
-        A list of step dicts (Å, Hartree, Hartree/Bohr), the start geometry first.
-        The labels are GFN2-xTB (semi-empirical), not DFT.
+        A list of PubChemQCR step dicts (Å, Hartree, Hartree/Bohr), the displaced
+        start geometry first. The labels are GFN2-xTB (semi-empirical), not DFT.
 
     Raises:
-        ValueError: embedding failed. Exceptions from tblite (e.g. SCF not
-        converged) propagate.
+        ValueError: bad ``precision`` or mismatched lengths. Exceptions from tblite
+        (e.g. SCF not converged) propagate.
     """
     from ase import Atoms
     from ase.optimize import BFGS
     from tblite.ase import TBLite
 
-    if precision not in ("float64", "float32"):
-        raise ValueError(f"precision: expected 'float64' or 'float32', got {precision!r}")
-    symbols, charges, pos = embed(smiles, seed, displacement)
+    _check_precision(precision)
+    symbols, charges = list(symbols), list(charges)
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.shape != (len(symbols), 3) or len(charges) != len(symbols):
+        raise ValueError(
+            f"{len(symbols)} symbols, {len(charges)} charges and positions of shape "
+            f"{pos.shape}: expected (n, 3) positions and n of each"
+        )
+    pos = displace(pos, seed, displacement)
     atoms = Atoms(symbols=symbols, positions=pos)
     # verbosity=0 silences tblite's per-call printout; charge 0 / closed shell.
     atoms.calc = TBLite(method=LEVEL, charge=0.0, multiplicity=1, verbosity=0)
@@ -287,38 +303,51 @@ def _single_thread_env() -> Iterator[None]:
                 os.environ[var] = val
 
 
-def _process_molecule(task: tuple[int, str, dict]) -> tuple[int, dict | None, str | None, float]:
-    """Worker: (index, smiles, params) -> (index, value or None, error or None, seconds)."""
-    index, smiles, params = task
+def _process_molecule(
+    task: tuple[int, str | QM9Seed, dict],
+) -> tuple[int, dict | None, str | None, float]:
+    """Worker: (key, seed molecule, params) -> (key, value or None, error or None, seconds).
+
+    The seed molecule is a SMILES (NCI or custom list; key = list index) or a
+    :class:`QM9Seed` (key = QM9 index).
+    """
+    index, mol, params = task
     t0 = time.perf_counter()
     seed = int(_molecule_seed(params["seed"], index).generate_state(1)[0])
+    kw = {
+        "fmax": params["fmax"],
+        "max_steps": params["max_steps"],
+        "displacement": params["displacement"],
+        "precision": params["precision"],
+    }
     try:
-        steps = relax_trajectory(
-            smiles,
-            seed,
-            fmax=params["fmax"],
-            max_steps=params["max_steps"],
-            displacement=params["displacement"],
-            precision=params["precision"],
-        )
+        if isinstance(mol, QM9Seed):
+            steps = relax_atoms(mol.symbols, [0] * len(mol.symbols), mol.positions, seed, **kw)
+        else:
+            steps = relax_trajectory(mol, seed, **kw)
         if not steps:
             raise RuntimeError("empty trajectory")
     except Exception as exc:  # any failure is recorded in the shard summary, never silent
         return index, None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - t0
-    value = {
-        "pm3": None,
-        "hf": None,
-        "DFT_1st": steps,
-        "DFT_2nd": None,
-        "meta": {
-            "smiles": smiles,
+    converged = _max_force(steps[-1]) <= params["fmax"]
+    if isinstance(mol, QM9Seed):
+        meta = {
+            "source": QM9_SOURCE,
+            "qm9_index": mol.qm9_index,
+            "level": LEVEL,
+            "converged": converged,
+            "key_is_pubchem_cid": False,
+        }
+    else:
+        meta = {
+            "smiles": mol,
             "source": SOURCE,
             "index": index,
             "level": LEVEL,
-            "converged": _max_force(steps[-1]) <= params["fmax"],
+            "converged": converged,
             "key_is_pubchem_cid": False,
-        },
-    }
+        }
+    value = {"pm3": None, "hf": None, "DFT_1st": steps, "DFT_2nd": None, "meta": meta}
     return index, value, None, time.perf_counter() - t0
 
 
@@ -337,27 +366,6 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def _key(index: int) -> str:
     return f"{index:09d}"
-
-
-def select_seeds(
-    smiles: list[str], first: int, num_molecules: int, max_atoms: int = MAX_ATOMS
-) -> tuple[list[int], dict[str, int]]:
-    """Indices of the first ``num_molecules`` accepted seeds from ``first`` on, and skip counts.
-
-    Seeds are scanned only as far as needed; the counts are of the scanned rejects by
-    reason (see :func:`check_seed`).
-    """
-    chosen: list[int] = []
-    skipped: dict[str, int] = {}
-    for i in range(first, len(smiles)):
-        if len(chosen) >= num_molecules:
-            break
-        reason = check_seed(smiles[i], max_atoms)
-        if reason is None:
-            chosen.append(i)
-        else:
-            skipped[reason] = skipped.get(reason, 0) + 1
-    return chosen, skipped
 
 
 def _shard_complete(out: Path, shard: int, keys: list[str]) -> bool:
@@ -385,6 +393,7 @@ def generate_dataset(
     max_atoms: int = MAX_ATOMS,
     precision: str = "float64",
     smiles: list[str] | None = None,
+    source: str = "nci",
     progress: bool = True,
 ) -> dict:
     """Generate GFN2-xTB relaxation trajectories in PubChemQCR LMDB shards (see module doc).
@@ -404,6 +413,14 @@ def generate_dataset(
         precision: storage precision of coordinates and gradients (see
             :func:`relax_trajectory`).
         smiles: seed list (default :func:`nci_smiles`); keys are indices into it.
+            Only with ``source="nci"``.
+        source: ``"nci"`` (RDKit's NCI SMILES, ETKDG start geometries; keys are
+            indices into the SMILES list) or ``"qm9"`` (QM9 molecules through
+            :mod:`tdn_data.qm9`, needs qm9pack; the start geometry is the QM9
+            equilibrium geometry plus the same seeded displacement; keys are **QM9
+            indices**, not PubChem CIDs; ``first`` is a row position in QM9 order and
+            each molecule's seed derives from (seed, QM9 index)). ``config.json``
+            records it, so one ``out_dir`` never mixes sources.
         progress: show a tqdm progress bar over molecules.
 
     Returns:
@@ -413,13 +430,18 @@ def generate_dataset(
         per-shard counts are in ``shard_XXXXX.json``.
 
     Raises:
-        ValueError: ``out_dir`` holds a run with different parameters.
+        ValueError: ``out_dir`` holds a run with different parameters (or another
+            source), an unknown ``source``, or ``smiles`` with ``source="qm9"``.
+        tdn_data.qm9.QM9Unavailable: ``source="qm9"`` without qm9pack installed.
     """
     from tqdm import tqdm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = nci_smiles() if smiles is None else list(smiles)
+    if source not in ("nci", "qm9"):
+        raise ValueError(f"source: expected 'nci' or 'qm9', got {source!r}")
+    if source == "qm9" and smiles is not None:
+        raise ValueError("smiles: a custom SMILES list needs source='nci'")
     params = {
         "seed": seed,
         "fmax": fmax,
@@ -429,13 +451,14 @@ def generate_dataset(
     }
     # Shard i is always the same molecules for the same (seeds, first, shard_size), so a
     # restart with other settings would mix incompatible shards: refuse it.
-    source = SOURCE if smiles is None else "custom"
+    # The "source" entry is what tells the sources apart (the NCI value is unchanged).
+    config_source = QM9_SOURCE if source == "qm9" else SOURCE if smiles is None else "custom"
     config = {
         **params,
         "first": first,
         "shard_size": shard_size,
         "max_atoms": max_atoms,
-        "source": source,
+        "source": config_source,
         "level": LEVEL,
     }
     cfg_path = out / "config.json"
@@ -447,12 +470,21 @@ def generate_dataset(
         _write_json_atomic(cfg_path, config)
 
     t0 = time.perf_counter()
-    chosen, skipped = select_seeds(seeds, first, num_molecules, max_atoms)
+    mols: dict[int, str | QM9Seed]
+    if source == "qm9":
+        qm9, skipped, seeds_total = qm9_seeds(first, num_molecules, max_atoms)
+        chosen = [m.qm9_index for m in qm9]
+        mols = {m.qm9_index: m for m in qm9}
+    else:
+        seeds = nci_smiles() if smiles is None else list(smiles)
+        seeds_total = len(seeds)
+        chosen, skipped = select_seeds(seeds, first, num_molecules, max_atoms)
+        mols = {i: seeds[i] for i in chosen}
     shards = [chosen[i : i + shard_size] for i in range(0, len(chosen), shard_size)]
     pending = [
         s for s, idx in enumerate(shards) if not _shard_complete(out, s, [_key(i) for i in idx])
     ]
-    tasks = [(i, seeds[i], params) for s in pending for i in shards[s]]
+    tasks = [(i, mols[i], params) for s in pending for i in shards[s]]
 
     results: dict[int, tuple[dict | None, str | None, float]] = {}
     shard_of = {i: s for s in pending for i in shards[s]}
@@ -513,7 +545,7 @@ def generate_dataset(
             pool.shutdown(wait=True, cancel_futures=True)
 
     summary = {
-        "seeds_total": len(seeds),
+        "seeds_total": seeds_total,  # QM9: the rows read (a partial read stops early)
         "seeds_accepted": len(chosen),
         "seeds_skipped": skipped,
         "shards": len(shards),
