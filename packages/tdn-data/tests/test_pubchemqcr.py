@@ -316,3 +316,15 @@ def test_empty_after_filtering(tmp_path):
     write_pubchemqcr(empty, [])
     with pytest.raises(ValueError, match=r"z\.lmdb: no usable molecules"):
         PubChemQCRDataset(empty)
+
+
+def test_default_fractions_subset_versus_full_release(tmp_path, monkeypatch):
+    from tdn_data import pubchemqcr
+
+    path = tmp_path / "s.lmdb"
+    write_pubchemqcr(path, fake_molecules(10))
+    assert PubChemQCRDataset(path).fractions == (0.6, 0.2, 0.2)
+    monkeypatch.setattr(pubchemqcr, "FULL_RELEASE_MOLECULES", 10)  # pretend 10 is the full set
+    full = PubChemQCRDataset(path, split="train")
+    assert full.fractions == (0.8, 0.1, 0.1) and full.num_molecules == 8
+    assert PubChemQCRDataset(path, fractions=(0.5, 0.5, 0)).fractions == (0.5, 0.5, 0.0)

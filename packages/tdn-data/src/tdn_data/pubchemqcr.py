@@ -48,6 +48,8 @@ __all__ = [
 READER_VERSION = 1
 DEFAULT_STAGE = "DFT_1st"
 INDEX_SUFFIX = ".tdn-index.npz"
+#: a dataset this large is taken for the full PubChemQCR release (3.5M molecules)
+FULL_RELEASE_MOLECULES = 1_000_000
 SPLITS = ("train", "val", "test")
 
 
@@ -180,7 +182,9 @@ class PubChemQCRDataset(Dataset):
         stage: stage name or sequence of names (concatenated); default ``'DFT_1st'``.
             Molecules whose stage is None are skipped and counted in :attr:`skipped`.
         split: ``'train'``, ``'val'``, ``'test'`` or ``'all'``/None (every molecule).
-        fractions: train/val/test fractions of molecules (sum <= 1); default 60/20/20.
+        fractions: train/val/test fractions of molecules (sum <= 1). Default (None):
+            80/10/10 for the full release (at least ``FULL_RELEASE_MOLECULES``
+            molecules), 60/20/20 for a subset, as in the paper's training.
         seed: seed of the molecule shuffle that defines the splits.
         reference_energies: None (total energies), ``'fit'`` (least squares of the
             training split's energies on element counts) or a mapping Z -> eV; the
@@ -208,7 +212,7 @@ class PubChemQCRDataset(Dataset):
         *,
         stage: str | Sequence[str] = DEFAULT_STAGE,
         split: str | None = "all",
-        fractions: Sequence[float] = (0.6, 0.2, 0.2),
+        fractions: Sequence[float] | None = None,
         seed: int = 0,
         reference_energies: str | Mapping[int, float] | None = None,
         on_error: str = "raise",
@@ -226,7 +230,8 @@ class PubChemQCRDataset(Dataset):
         if split not in (*SPLITS, "all"):
             raise ValueError(f"split={split!r}: use one of {(*SPLITS, 'all')}")
         self.split, self.seed, self.dtype = split, int(seed), dtype
-        self.fractions = self._check_fractions(fractions)
+        if fractions is not None:  # checked before the (possibly long) scan
+            self.fractions = self._check_fractions(fractions)
 
         self.shards = _shard_files(self.path)
         self.index_path = self.path.with_name(self.path.name + INDEX_SUFFIX)
@@ -259,6 +264,10 @@ class PubChemQCRDataset(Dataset):
                 f"{self.path}: no usable molecules with stage {'+'.join(self.stages)} "
                 f"(skipped: {self.skipped or 'none; the file is empty'})"
             )
+        if fractions is None:
+            # the paper: 80/10/10 on the full release (3.5M molecules), 60/20/20 on subsets
+            full = self._n_mol_total >= FULL_RELEASE_MOLECULES
+            self.fractions = (0.8, 0.1, 0.1) if full else (0.6, 0.2, 0.2)
         self._setup_split()
         self._setup_references(reference_energies)
         self._pid: int | None = None
