@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
+from tdn_data import _io as tdn_io
 from tdn_data import pubchemqcr
 from tdn_data._lmdb_io import UnsafePickleError, encode_value
 from tdn_data._units import BOHR_ANGSTROM, HARTREE_EV
@@ -179,7 +180,7 @@ def test_read_only_directory_keeps_index_in_memory(shard, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(pubchemqcr.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tdn_io.tempfile, "mkstemp", refuse)
     with pytest.warns(UserWarning, match="keeping it in memory"):
         ds = PubChemQCRDataset(shard)
     assert len(ds) > 0 and ds[0].mol_id == "000000001"

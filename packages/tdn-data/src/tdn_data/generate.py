@@ -41,7 +41,6 @@ import ctypes
 import json
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from tdn_data._io import atomic_write
 from tdn_data._lmdb_io import write_lmdb
 from tdn_data._seeds import (
     ALLOWED_ELEMENTS,
@@ -353,15 +353,8 @@ def _process_molecule(
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temporary file and rename (never half-written)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are plain reports
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, indent=1, sort_keys=True).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _key(index: int) -> str:

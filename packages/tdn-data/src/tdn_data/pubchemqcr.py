@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 
+from tdn_data._io import atomic_write
 from tdn_data._lmdb_io import UnsafePickleError, decode_value, write_lmdb
 from tdn_data._pubchemqcr_schema import STAGES, BadRecordError, Molecule, parse_molecule
 from tdn_data._sample import MAX_Z, make_sample
@@ -144,16 +144,11 @@ def _scan(shards: list[Path], stages: Sequence[str], on_error: str) -> tuple[dic
 
 def _save_index(index_path: Path, arrays: dict, meta: dict) -> bool:
     """Write the index atomically (temp file + os.replace); False where that is impossible."""
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{index_path.name}.", dir=index_path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, index_path)
+        meta_json = np.array(json.dumps(meta))
+        atomic_write(index_path, lambda f: np.savez(f, meta=meta_json, **arrays))
         return True
     except OSError as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         warnings.warn(
             f"could not cache the PubChemQCR index at {index_path} ({exc}); "
             "keeping it in memory (the next open scans the shards again)",
