@@ -10,6 +10,7 @@ torch.Size([5, 9, 8])
 from ._cg import cg_block, cg_tensor
 from ._errors import BackendUnavailable, FactorFileError, TDNError, UnsupportedDescriptor
 from ._factors import CPFactors, cp_factors, resolve_rank
+from ._spherical_harmonics import spherical_harmonics
 from ._tensor_product import TensorProduct
 from .backends import Backend, available_backends, get_backend, register_backend
 from .conventions import dim, paths
@@ -35,4 +36,5 @@ __all__ = [
     "paths",
     "register_backend",
     "resolve_rank",
+    "spherical_harmonics",
 ]
