@@ -29,7 +29,7 @@ echo "setup: installing tdn-core, tdn-data, tdn-models, tdn-cli (editable) and d
 pip_install \
   -e "packages/tdn-core[e3nn,cueq,triton,test]" \
   -e "packages/tdn-data[generate,qm9,test]" \
-  -e packages/tdn-models \
+  -e "packages/tdn-models[e3nn,test]" \
   -e packages/tdn-cli \
   "ruff==0.17.6" "pytest>=8"
 echo "$want" > "$stamp"

@@ -1,6 +1,36 @@
 """tdn_models: TDN networks with run-time backend choice, baselines and an ASE calculator.
 
-Skeleton: the package installs and imports; its content is built in later issues.
+>>> import torch
+>>> from tdn_data import load_dataset
+>>> from tdn_models import TDN
+>>> model = TDN(lmax=1, channels=16, layers=1, backend="path_shared")
+>>> sample = load_dataset("embedded-tiny")[0]
+>>> out = model(sample)
+>>> out["energy"].shape, out["forces"].shape == sample.pos.shape
+(torch.Size([1]), True)
 """
 
+from ._layers import EquivariantLayerNorm, EquivariantLinear, Gate
+from ._normalization import Normalization
+from ._potential import GraphInputs, Potential
+from ._registry import MODELS, build_model, model_class, model_name
+from ._tdn import TDN
+from ._training import potential_loss, train_steps
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "MODELS",
+    "TDN",
+    "EquivariantLayerNorm",
+    "EquivariantLinear",
+    "Gate",
+    "GraphInputs",
+    "Normalization",
+    "Potential",
+    "build_model",
+    "model_class",
+    "model_name",
+    "potential_loss",
+    "train_steps",
+]

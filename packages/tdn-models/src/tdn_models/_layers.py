@@ -1,0 +1,101 @@
+"""Equivariant building blocks on the ``[N, (L+1)^2, C]`` layout of tdn-core.
+
+Every layer here commutes with rotations exactly: it mixes channels within a degree,
+multiplies by invariants, or normalizes by invariant norms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tdn_core.conventions import degree_slice
+from torch import Tensor, nn
+
+
+class EquivariantLinear(nn.Module):
+    r"""Channel mixing with one weight matrix per degree; bias on the scalars only.
+
+    ``out[n, m, :] = x[n, m, :] @ W[l(m)] / sqrt(C_in)`` (+ b for l = 0).
+
+    Shapes: x [N, (L+1)^2, C_in] -> [N, (L+1)^2, C_out].
+    """
+
+    def __init__(self, lmax: int, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__()
+        self.lmax = lmax
+        self.weight = nn.Parameter(torch.randn(lmax + 1, in_channels, out_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self._norm = 1.0 / math.sqrt(in_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight * self._norm
+        scalars = x[:, 0, :] @ w[0]
+        if self.bias is not None:
+            scalars = scalars + self.bias
+        parts = [scalars.unsqueeze(1)]
+        parts += [x[:, degree_slice(l), :] @ w[l] for l in range(1, self.lmax + 1)]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def extra_repr(self) -> str:
+        _, c_in, c_out = self.weight.shape
+        return f"lmax={self.lmax}, {c_in} -> {c_out}, bias={self.bias is not None}"
+
+
+class Gate(nn.Module):
+    r"""Gated nonlinearity: SiLU on scalars, sigmoid(gate) times every l > 0 component.
+
+    Shapes: x [N, (L+1)^2, C], gates [N, C] (invariant) -> [N, (L+1)^2, C].
+    """
+
+    def forward(self, x: Tensor, gates: Tensor) -> Tensor:
+        scalars = nn.functional.silu(x[:, :1, :])
+        if x.shape[1] == 1:
+            return scalars
+        return torch.cat([scalars, x[:, 1:, :] * torch.sigmoid(gates).unsqueeze(1)], dim=1)
+
+
+class EquivariantLayerNorm(nn.Module):
+    r"""Layer norm per degree: scalars are centred over channels, then every degree is
+    divided by its RMS over components and channels (an invariant) and scaled per
+    channel; the scalars also get a bias.
+
+    Shapes: x [N, (L+1)^2, C] -> same.
+    """
+
+    def __init__(self, lmax: int, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.lmax = lmax
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(lmax + 1, channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = []
+        for l in range(self.lmax + 1):
+            field = x[:, degree_slice(l), :]
+            if l == 0:
+                field = field - field.mean(dim=-1, keepdim=True)
+            rms = field.pow(2).mean(dim=(1, 2), keepdim=True).add(self.eps).rsqrt()
+            field = field * rms * self.weight[l]
+            if l == 0:
+                field = field + self.bias
+            parts.append(field)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+class ScalarMLP(nn.Sequential):
+    """Linear -> LayerNorm -> SiLU, repeated, then a last Linear: invariant features only.
+
+    Shapes: [..., sizes[0]] -> [..., sizes[-1]].
+    """
+
+    def __init__(self, sizes: list[int], layer_norm: bool = True):
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                if layer_norm:
+                    layers.append(nn.LayerNorm(b))
+                layers.append(nn.SiLU())
+        super().__init__(*layers)

@@ -1,0 +1,47 @@
+"""Radial features of edge lengths: a Gaussian basis and a smooth cutoff envelope."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class GaussianBasis(nn.Module):
+    r"""``exp(-((r - mu_k) / sigma)^2 / 2)`` for K centres evenly spaced on [0, cutoff].
+
+    Shapes: r [E] (Å) -> [E, K].
+    """
+
+    def __init__(self, num_basis: int, cutoff: float):
+        super().__init__()
+        if num_basis < 1:
+            raise ValueError(f"num_basis: expected a positive int, got {num_basis!r}")
+        self.register_buffer("centers", torch.linspace(0.0, cutoff, num_basis))
+        self.width = cutoff / max(num_basis - 1, 1)
+
+    def forward(self, r: Tensor) -> Tensor:
+        d = (r.unsqueeze(-1) - self.centers.to(r.dtype)) / self.width
+        return torch.exp(-0.5 * d * d)
+
+
+class PolynomialEnvelope(nn.Module):
+    r"""Smooth cutoff ``u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)``
+    with ``x = r / cutoff``, and 0 for ``r >= cutoff``.
+
+    u and its first p-1 derivatives vanish at the cutoff, so an atom crossing it changes
+    the energy and forces continuously (needed for energy conservation in MD).
+
+    Shapes: r [E] (Å) -> [E].
+    """
+
+    def __init__(self, cutoff: float, p: int = 6):
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.p = p
+
+    def forward(self, r: Tensor) -> Tensor:
+        p = self.p
+        x = r / self.cutoff
+        xp = x.pow(p)
+        u = 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
+        return torch.where(x < 1, u, torch.zeros_like(u))
