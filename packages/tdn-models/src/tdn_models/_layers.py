@@ -6,11 +6,13 @@ multiplies by invariants, or normalizes by invariant norms.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
-from tdn_core.conventions import degree_slice
 from torch import Tensor, nn
+
+from tdn_core.conventions import degree_slice
 
 
 class EquivariantLinear(nn.Module):
@@ -92,7 +94,7 @@ class ScalarMLP(nn.Sequential):
 
     def __init__(self, sizes: list[int], layer_norm: bool = True):
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 if layer_norm:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor, nn
+
 from tdn_core import TensorProduct
 from tdn_data.graphs import batch_radius_graph, compute_edge_vectors
-from torch import Tensor, nn
 
 from ._normalization import Normalization
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-from tdn_core import TensorProduct, spherical_harmonics
 from torch import Tensor, nn
+
+from tdn_core import TensorProduct, spherical_harmonics
 
 from ._layers import EquivariantLayerNorm, EquivariantLinear, Gate, ScalarMLP
 from ._normalization import Z_MAX

@@ -27,11 +27,11 @@ def potential_loss(
     n_atoms = torch.bincount(batch.batch, minlength=out["energy"].shape[0]).to(scale.dtype)
     de = (out["energy"] - batch.energy.to(scale.dtype)) / n_atoms
     loss = energy_weight * (de / scale).pow(2).mean()
-    parts = {"energy_mae_per_atom": float(de.abs().mean())}
+    parts = {"energy_mae_per_atom": float(de.detach().abs().mean())}
     if force_weight and getattr(batch, "forces", None) is not None and "forces" in out:
         df = out["forces"] - batch.forces.to(scale.dtype)
         loss = loss + force_weight * (df / scale).pow(2).mean()
-        parts["force_mae"] = float(df.abs().mean())
+        parts["force_mae"] = float(df.detach().abs().mean())
     return loss, parts
 
 
@@ -52,5 +52,5 @@ def train_steps(
         loss, parts = potential_loss(model, out, batch, energy_weight, force_weight)
         loss.backward()
         optimizer.step()
-        yield {"loss": float(loss), **parts}
+        yield {"loss": float(loss.detach()), **parts}
     model.eval()
