@@ -68,8 +68,12 @@ class _CPEdgeProduct(torch.autograd.Function):
         Ct = C.t()
         v = y @ B
         gx, gv, gw = [], [], []
-        for s in range(0, x.shape[0], ctx.chunk):
-            sl = slice(s, s + ctx.chunk)
+        # Under create_graph (force training) these ops are recorded: slicing would make
+        # every chunk's SliceBackward allocate a zero tensor of the full size, which is
+        # quadratic in the number of chunks. One chunk then.
+        chunk = max(1, x.shape[0]) if torch.is_grad_enabled() else ctx.chunk
+        for s in range(0, x.shape[0], chunk):
+            sl = slice(s, s + chunk)
             xs, ws = x[sl], w[sl].unsqueeze(1)  # [n, d1, C], [n, 1, C]
             T0 = torch.matmul(Ct, grad_out[sl])  # [n, R, C]
             if need_x or need_w:
