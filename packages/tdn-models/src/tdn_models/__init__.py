@@ -10,27 +10,43 @@
 (torch.Size([1]), True)
 """
 
+from ._checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ._layers import EquivariantLayerNorm, EquivariantLinear, Gate
 from ._normalization import Normalization
 from ._potential import GraphInputs, Potential
 from ._registry import MODELS, build_model, model_class, model_name
 from ._tdn import TDN
 from ._training import potential_loss, train_steps
+from .calculator import TDNCalculator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
     "MODELS",
     "TDN",
+    "CheckpointError",
     "EquivariantLayerNorm",
     "EquivariantLinear",
     "Gate",
     "GraphInputs",
     "Normalization",
     "Potential",
+    "TDNCalculator",
     "build_model",
+    "load_checkpoint",
     "model_class",
     "model_name",
     "potential_loss",
+    "read_checkpoint",
+    "save_checkpoint",
     "train_steps",
 ]

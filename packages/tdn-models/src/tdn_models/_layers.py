@@ -71,19 +71,21 @@ class EquivariantLayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(lmax + 1, channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        degree = torch.cat([torch.full((2 * l + 1,), l) for l in range(lmax + 1)])
+        self.register_buffer("degree", degree, persistent=False)
+        # mean over the components of each degree, as one [d, L+1] matrix product:
+        # vectorized over degrees, so the op count does not grow with L
+        average = nn.functional.one_hot(degree, lmax + 1).float()
+        self.register_buffer("average", average / average.sum(0), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        parts = []
-        for l in range(self.lmax + 1):
-            field = x[:, degree_slice(l), :]
-            if l == 0:
-                field = field - field.mean(dim=-1, keepdim=True)
-            rms = field.pow(2).mean(dim=(1, 2), keepdim=True).add(self.eps).rsqrt()
-            field = field * rms * self.weight[l]
-            if l == 0:
-                field = field + self.bias
-            parts.append(field)
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        scalar_mean = x[:, :1, :].mean(dim=-1, keepdim=True)  # [N, 1, 1]
+        centred = torch.cat([x[:, :1, :] - scalar_mean, x[:, 1:, :]], dim=1)
+        ms = centred.pow(2).mean(dim=-1) @ self.average.to(x.dtype)  # [N, L+1]
+        inv_rms = (ms + self.eps).rsqrt().index_select(1, self.degree)  # [N, d]
+        scale = self.weight.index_select(0, self.degree)  # [d, C]
+        out = centred * inv_rms.unsqueeze(-1) * scale
+        return torch.cat([out[:, :1, :] + self.bias, out[:, 1:, :]], dim=1)
 
 
 class ScalarMLP(nn.Sequential):
