@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from .._cg import cg_block
-from ..conventions import degree_slice
 from ..descriptors import TPDescriptor
 from ._base import Backend
 
@@ -28,15 +27,22 @@ class CGProduct(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         desc = self.desc
         E, C = x.shape[0], desc.channels
-        out = x.new_zeros(E, desc.dims[2], C)
         y_eq = "ej" if desc.mode == "uvu" else "ejc"
+        # split/unbind/cat rather than slicing and in-place slice updates: under double
+        # backward (force training) every slice's backward is a zero-padded full-size
+        # tensor that the recorded graph keeps alive, one per path (tens of GB at L = 4)
+        xs = x.split([2 * l + 1 for l in range(desc.lmax_in + 1)], dim=1)
+        ys = y.split([2 * l + 1 for l in range(desc.lmax_sh + 1)], dim=1)
+        ws = weight.unbind(1) if desc.path_weights == "per_path" else None
+        terms: list[list[torch.Tensor]] = [[] for _ in range(desc.lmax_out + 1)]
         for p, (l1, l2, l3) in enumerate(desc.paths):
             block = getattr(self, f"block_{p}")
-            xs, ys = x[:, degree_slice(l1)], y[:, degree_slice(l2)]
-            z = torch.einsum(f"ijk,eic,{y_eq}->ekc", block, xs, ys)
-            w = weight if desc.path_weights == "shared" else weight[:, p]
-            out[:, degree_slice(l3)] += w.unsqueeze(1) * z
-        return out
+            z = torch.einsum(f"ijk,eic,{y_eq}->ekc", block, xs[l1], ys[l2])
+            w = weight if ws is None else ws[p]
+            terms[l3].append(w.unsqueeze(1) * z)
+        return torch.cat(
+            [sum(t) if t else x.new_zeros(E, 2 * l3 + 1, C) for l3, t in enumerate(terms)], dim=1
+        )
 
 
 class CGBackend(Backend):
