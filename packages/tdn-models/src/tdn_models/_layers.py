@@ -15,33 +15,56 @@ from torch import Tensor, nn
 from tdn_core.conventions import degree_slice
 
 
-class EquivariantLinear(nn.Module):
-    r"""Channel mixing with one weight matrix per degree; bias on the scalars only.
+def _scalar_only(v: Tensor, num_components: int) -> Tensor:
+    """[C] -> [(L+1)^2, C] with v in the l = 0 row and zeros elsewhere (a broadcastable
+    bias for the scalars: one add over the tensor instead of slicing and concatenating)."""
+    return nn.functional.pad(v.unsqueeze(0), (0, 0, 0, num_components - 1))
 
-    ``out[n, m, :] = x[n, m, :] @ W[l(m)] / sqrt(C_in)`` (+ b for l = 0).
+
+class EquivariantLinear(nn.Module):
+    r"""Channel mixing within each component; bias on the scalars only.
+
+    ``out[n, m, :] = x[n, m, :] @ W[l(m)] / sqrt(C_in)`` (+ b for l = 0), with one
+    matrix shared by all degrees (``per_degree=False``, the paper's layer: a single
+    GEMM over all components) or one matrix per degree (``per_degree=True``, e3nn's
+    ``o3.Linear``). Both commute with rotations.
 
     Shapes: x [N, (L+1)^2, C_in] -> [N, (L+1)^2, C_out].
     """
 
-    def __init__(self, lmax: int, in_channels: int, out_channels: int, bias: bool = True):
+    def __init__(
+        self,
+        lmax: int,
+        in_channels: int,
+        out_channels: int,
+        bias: bool = True,
+        per_degree: bool = False,
+    ):
         super().__init__()
         self.lmax = lmax
-        self.weight = nn.Parameter(torch.randn(lmax + 1, in_channels, out_channels))
+        self.per_degree = per_degree
+        shape = (lmax + 1 if per_degree else 1, in_channels, out_channels)
+        self.weight = nn.Parameter(torch.randn(shape))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self._norm = 1.0 / math.sqrt(in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight * self._norm
-        scalars = x[:, 0, :] @ w[0]
+        if self.per_degree:
+            parts = [x[:, degree_slice(l), :] @ w[l] for l in range(self.lmax + 1)]
+            out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        else:
+            out = x @ w[0]
         if self.bias is not None:
-            scalars = scalars + self.bias
-        parts = [scalars.unsqueeze(1)]
-        parts += [x[:, degree_slice(l), :] @ w[l] for l in range(1, self.lmax + 1)]
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            out = out + _scalar_only(self.bias, x.shape[1])
+        return out
 
     def extra_repr(self) -> str:
         _, c_in, c_out = self.weight.shape
-        return f"lmax={self.lmax}, {c_in} -> {c_out}, bias={self.bias is not None}"
+        return (
+            f"lmax={self.lmax}, {c_in} -> {c_out}, bias={self.bias is not None}, "
+            f"per_degree={self.per_degree}"
+        )
 
 
 class Gate(nn.Module):
@@ -79,13 +102,14 @@ class EquivariantLayerNorm(nn.Module):
         self.register_buffer("average", average / average.sum(0), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        scalar_mean = x[:, :1, :].mean(dim=-1, keepdim=True)  # [N, 1, 1]
-        centred = torch.cat([x[:, :1, :] - scalar_mean, x[:, 1:, :]], dim=1)
+        d = x.shape[1]
+        # subtract the scalars' channel mean from the l = 0 row only: [N, d, 1] offset
+        scalar_mean = x[:, :1, :].mean(dim=-1, keepdim=True)
+        centred = x - nn.functional.pad(scalar_mean, (0, 0, 0, d - 1))
         ms = centred.pow(2).mean(dim=-1) @ self.average.to(x.dtype)  # [N, L+1]
         inv_rms = (ms + self.eps).rsqrt().index_select(1, self.degree)  # [N, d]
         scale = self.weight.index_select(0, self.degree)  # [d, C]
-        out = centred * inv_rms.unsqueeze(-1) * scale
-        return torch.cat([out[:, :1, :] + self.bias, out[:, 1:, :]], dim=1)
+        return centred * (inv_rms.unsqueeze(-1) * scale) + _scalar_only(self.bias, d)
 
 
 class ScalarMLP(nn.Sequential):

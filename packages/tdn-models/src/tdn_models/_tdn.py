@@ -66,7 +66,9 @@ class GraphAttention(nn.Module):
         self.tp_message = TensorProduct(lmax, lmax, lmax, channels, backend=backend, rank=rank)
         self.lin_alpha = nn.Linear(channels, channels)
         self.alpha_dot = nn.Parameter(torch.randn(heads, channels // heads) / math.sqrt(channels))
-        self.lin_value = EquivariantLinear(lmax, channels, channels)
+        # no bias: the message already carries lin_src's, and on [E, d, C] edge tensors a
+        # bias is one more memory pass in each of the three passes of force training
+        self.lin_value = EquivariantLinear(lmax, channels, channels, bias=False)
         self.lin_gate = nn.Linear(channels, channels)
         self.gate = Gate()
         self.tp_value = TensorProduct(lmax, lmax, lmax, channels, backend=backend, rank=rank)
@@ -85,11 +87,13 @@ class GraphAttention(nn.Module):
         a = _smooth_leaky_relu(self.lin_alpha(scalars)).view(E, self.heads, -1)
         alpha = envelope_softmax((a * self.alpha_dot).sum(-1), envelope, dst, n)
 
+        # attention scales channels per head, and the product is linear in its per-channel
+        # weight: fold alpha into the weight ([E, C]) instead of scaling [E, d, C] values
+        w_value = w_value * alpha.repeat_interleave(w_value.shape[1] // self.heads, dim=1)
         value = self.gate(self.lin_value(message), self.lin_gate(scalars))
-        value = self.tp_value(value, sh, w_value.contiguous())
-        value = value.view(E, value.shape[1], self.heads, -1) * alpha.view(E, 1, self.heads, 1)
+        value = self.tp_value(value, sh, w_value)
         out = torch.zeros(n, *value.shape[1:], dtype=value.dtype, device=value.device)
-        out = out.index_add(0, dst, value).flatten(2)
+        out = out.index_add(0, dst, value)
         return self.proj(out)
 
 
