@@ -27,13 +27,13 @@ import importlib.metadata
 import math
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tdn_core import TDNError, available_backends
+from tdn_core._io import atomic_write
 
 from ._potential import Potential
 from ._registry import build_model, model_name
@@ -176,33 +176,9 @@ def save_checkpoint(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "extra": extra,
     }
-    _atomic_save(payload, path)
+    # temp file, fsync, rename: a kill leaves the old checkpoint or the new one
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
-
-
-def _atomic_save(payload: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is a plain data file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # make the rename itself durable (POSIX: fsync the directory); best effort elsewhere
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------- load
