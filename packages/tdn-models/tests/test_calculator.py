@@ -106,22 +106,14 @@ def test_accepts_a_model_instance_and_backend(samples):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # ase prefers FiniteDifferenceCalculator
-def test_forces_are_the_energy_gradient_molecule(calc, samples):
-    atoms = _molecule(samples)
+@pytest.mark.parametrize("system", [_molecule, _periodic], ids=["molecule", "periodic"])
+def test_forces_are_the_energy_gradient(calc, samples, system):
+    atoms = system(samples)
     atoms.calc = calc
     forces = atoms.get_forces()
     numerical = calc.calculate_numerical_forces(atoms, d=1e-4)
     # central differences err by ~d^2/6 |d3E/dx3|: measured up to 1.7e-6 eV/Å on forces
     # of a few eV/Å; a wrong sign, factor or missing term would be O(0.1-1) eV/Å
-    np.testing.assert_allclose(forces, numerical, atol=1e-5, rtol=0)
-
-
-@pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_forces_are_the_energy_gradient_periodic(calc, samples):
-    atoms = _periodic(samples)
-    atoms.calc = calc
-    forces = atoms.get_forces()
-    numerical = calc.calculate_numerical_forces(atoms, d=1e-4)
     np.testing.assert_allclose(forces, numerical, atol=1e-5, rtol=0)
 
 
