@@ -23,12 +23,12 @@ import platform
 
 import numpy as np
 import torch
-from _timing import median_ms
 from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 from torch_geometric.data import Batch, Data
 
+from tdn_cli._timing import median_ms
 from tdn_data import graphs
 from tdn_data.graphs import batch_radius_graph, radius_graph
 

@@ -1,0 +1,193 @@
+"""``tdn eval``: energy and force errors of a checkpoint on a dataset, per split.
+
+Reads the data through ``tdn_data.load_dataset`` (the embedded sets, PubChemQCR or OC20
+LMDBs, QM9, or any file ASE reads, such as extxyz). Sources with splits (PubChemQCR-style
+shards) are evaluated per split, others as one set ``all``. Prints energy MAE and RMSE
+per atom (meV/atom) and per structure (meV), force-component MAE and RMSE (meV/Å) and
+the force errors per element, and draws parity plots (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from tdn_data import PubChemQCRDataset, QM9Dataset, load_dataset
+from tdn_models import load_checkpoint
+
+from ._errors import UserError
+from ._util import add_command, existing_file, progress, write_json
+
+EXAMPLES = """Examples:
+  tdn eval model.pt embedded                       # train, val and test splits
+  tdn eval model.pt embedded --split test --backend path_shared --plot test_parity.png
+  tdn eval model.pt frames.extxyz --json errors.json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    summary = "energy/force errors of a checkpoint on a dataset, with parity plots"
+    p = add_command(sub, "eval", summary, __doc__.split("\n\n")[0], EXAMPLES, run)
+    p.add_argument("checkpoint", help="a file written by tdn train / tdn_models.save_checkpoint")
+    p.add_argument("data", help="dataset name (embedded, embedded-tiny, qm9) or path")
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test", "all"],
+        help="one split only (default: every split the source has)",
+    )
+    p.add_argument("--backend", help="tensor-product backend (default: the checkpoint's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16, help="structures per batch")
+    p.add_argument("--max-samples", type=int, help="evaluate at most N structures per split")
+    p.add_argument("--plot", default="parity.png", metavar="FILE.png", help="parity plots")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the parity plots")
+    p.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
+
+
+def open_splits(source: str, split: str | None) -> dict[str, Dataset]:
+    """``{split name: dataset}``: the one asked for, else train/val/test where the
+    source has splits (PubChemQCR shards, QM9), else ``{"all": everything}``."""
+    if split is not None:
+        return {split: load_dataset(source, split=None if split == "all" else split)}
+    full = load_dataset(source)
+    if isinstance(full, PubChemQCRDataset | QM9Dataset):
+        return {s: load_dataset(source, split=s) for s in ("train", "val", "test")}
+    return {"all": full}
+
+
+def predict(model, dataset: Dataset, batch_size: int, device: torch.device, desc: str) -> dict:
+    """Reference and predicted values over ``dataset``: ``energy``/``energy_pred`` [B] eV,
+    ``atoms`` [B], and where the data has forces ``z`` [N], ``forces``/``forces_pred``
+    [N, 3] eV/Å (numpy, float64)."""
+    from torch_geometric.loader import DataLoader
+
+    out: dict[str, list] = {k: [] for k in ("energy", "energy_pred", "atoms", "z", "f", "f_pred")}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in progress(loader, desc):
+        batch = batch.to(device)
+        batch.pos = batch.pos.to(model.dtype)
+        if getattr(batch, "cell", None) is not None:
+            batch.cell = batch.cell.to(model.dtype)
+        has_forces = getattr(batch, "forces", None) is not None
+        result = model(batch, forces=has_forces)
+        out["energy"].append(batch.energy.reshape(-1).double().cpu().numpy())
+        out["energy_pred"].append(result["energy"].detach().double().cpu().numpy())
+        out["atoms"].append(torch.bincount(batch.batch, minlength=batch.num_graphs).cpu().numpy())
+        if has_forces:
+            out["z"].append(batch.z.cpu().numpy())
+            out["f"].append(batch.forces.double().cpu().numpy())
+            out["f_pred"].append(result["forces"].detach().double().cpu().numpy())
+    arrays = {k: np.concatenate(v) for k, v in out.items() if v}
+    if "energy" not in arrays:
+        raise UserError(f"{desc}: the dataset has no structures to evaluate")
+    return arrays
+
+
+def metrics(p: Mapping[str, np.ndarray]) -> dict:
+    """MAE and RMSE of energies (eV, and eV/atom) and force components (eV/Å)."""
+    de = p["energy_pred"] - p["energy"]
+    de_atom = de / p["atoms"]
+    m = {
+        "structures": len(de),
+        "atoms": int(p["atoms"].sum()),
+        "energy_mae_eV": float(np.abs(de).mean()),
+        "energy_rmse_eV": float(np.sqrt((de**2).mean())),
+        "energy_mae_eV_per_atom": float(np.abs(de_atom).mean()),
+        "energy_rmse_eV_per_atom": float(np.sqrt((de_atom**2).mean())),
+    }
+    if "f" in p:
+        df = p["f_pred"] - p["f"]
+        m["force_mae_eV_per_A"] = float(np.abs(df).mean())
+        m["force_rmse_eV_per_A"] = float(np.sqrt((df**2).mean()))
+    return m
+
+
+def element_errors(preds: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict]:
+    """Force-component MAE and RMSE (eV/Å) per element, over every split with forces."""
+    from ase.data import chemical_symbols
+
+    with_forces = [p for p in preds.values() if "f" in p]
+    if not with_forces:
+        return {}
+    z = np.concatenate([p["z"] for p in with_forces])
+    df = np.concatenate([p["f_pred"] - p["f"] for p in with_forces])
+    table = {}
+    for element in np.unique(z):
+        d = df[z == element]
+        table[chemical_symbols[int(element)]] = {
+            "atoms": len(d),
+            "force_mae_eV_per_A": float(np.abs(d).mean()),
+            "force_rmse_eV_per_A": float(np.sqrt((d**2).mean())),
+        }
+    return table
+
+
+def _print_tables(per_split: dict[str, dict], per_element: dict[str, dict]) -> None:
+    print(
+        f"{'split':<6} {'structs':>7} {'atoms':>7} {'E MAE':>9} {'E RMSE':>9} {'E MAE':>9} "
+        f"{'F MAE':>8} {'F RMSE':>8}\n{'':<22} {'meV/atom':>9} {'meV/atom':>9} {'meV':>9} "
+        f"{'meV/Å':>8} {'meV/Å':>8}"
+    )
+    for name, m in per_split.items():
+        f_mae, f_rmse = m.get("force_mae_eV_per_A"), m.get("force_rmse_eV_per_A")
+        print(
+            f"{name:<6} {m['structures']:>7} {m['atoms']:>7} "
+            f"{1e3 * m['energy_mae_eV_per_atom']:>9.2f} "
+            f"{1e3 * m['energy_rmse_eV_per_atom']:>9.2f} {1e3 * m['energy_mae_eV']:>9.2f} "
+            + ("" if f_mae is None else f"{1e3 * f_mae:>8.1f} {1e3 * f_rmse:>8.1f}")
+        )
+    if per_element:
+        print(
+            f"\nforces per element\n{'element':<8} {'atoms':>8} {'MAE meV/Å':>10} "
+            f"{'RMSE meV/Å':>11}"
+        )
+        for symbol, m in per_element.items():
+            print(
+                f"{symbol:<8} {m['atoms']:>8} {1e3 * m['force_mae_eV_per_A']:>10.1f} "
+                f"{1e3 * m['force_rmse_eV_per_A']:>11.1f}"
+            )
+
+
+def _plot(path: str, preds: Mapping[str, Mapping[str, np.ndarray]], title: str) -> None:
+    from ._plots import parity
+
+    energy = {
+        s: (p["energy"] / p["atoms"], p["energy_pred"] / p["atoms"]) for s, p in preds.items()
+    }
+    panels = [("energy per atom", "eV/atom", energy)]
+    forces = {s: (p["f"].ravel(), p["f_pred"].ravel()) for s, p in preds.items() if "f" in p}
+    if forces:
+        panels.append(("force component", "eV/Å", forces))
+    parity(path, panels, title)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tdn eval``; returns the exit status."""
+    for name in ("batch_size", "max_samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+    checkpoint = existing_file(args.checkpoint, "CHECKPOINT")
+    device = torch.device(args.device)
+    model, info = load_checkpoint(checkpoint, backend=args.backend, device=device)
+    splits = open_splits(args.data, args.split)
+    preds = {}
+    for name, ds in splits.items():
+        if args.max_samples is not None and len(ds) > args.max_samples:
+            ds = Subset(ds, np.linspace(0, len(ds) - 1, args.max_samples).astype(int).tolist())
+        preds[name] = predict(model, ds, args.batch_size, device, f"eval {name}")
+    per_split = {name: metrics(p) for name, p in preds.items()}
+    per_element = element_errors(preds)
+    print(f"checkpoint {checkpoint} ({info['model']}, backend {model.backend}) on {args.data}")
+    _print_tables(per_split, per_element)
+    if args.json:
+        write_json(args.json, {"splits": per_split, "per_element": per_element})
+        print(f"wrote {args.json}")
+    if not args.no_plot:
+        _plot(args.plot, preds, f"{checkpoint.name} on {args.data}")
+        print(f"wrote {args.plot}")
+    return 0

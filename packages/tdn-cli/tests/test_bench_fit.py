@@ -1,0 +1,116 @@
+"""``tdn bench`` and ``tdn fit-cp`` on small problems."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from tdn_cli.main import main
+
+TINY = ["--lmax", "1", "2", "--edges", "32", "--channels", "4", "--repeats", "1"]
+
+
+def test_bench_table_json_and_plot(capsys, tmp_path):
+    js, png = tmp_path / "tp.json", tmp_path / "tp.png"
+    code = main(["bench", "--backend", "cp_eager", *TINY, "--json", str(js), "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "fwd+bwd ms" in out and "x path_shared" in out and "equi err" in out
+    data = json.loads(js.read_text())
+    assert data["machine"]["matmul_gflops"] > 0
+    assert data["settings"]["edges"] == 32
+    rows = {(r["backend"], r["L"]): r for r in data["results"]}
+    # the chosen backend first, then the peers, at every L
+    assert ("cp_eager", 1) in rows and ("path_shared", 2) in rows
+    cp = rows[("cp_eager", 2)]
+    assert cp["forward_ms"] > 0 and cp["forward_backward_ms"] > 0
+    assert cp["speedup_vs_path_shared_fb"] > 0
+    assert 0 < cp["equivariance_error"] <= cp["bound"]
+    assert cp["output_rel_error"] == pytest.approx(cp["rel_error"], rel=1.0)
+    assert rows[("path_shared", 1)]["output_rel_error"] < 1e-12
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_uuu_skips_peers_that_cannot(capsys):
+    code = main(["bench", "--backend", "cp_eager", "--mode", "uuu", "--lmax", "1",
+                 "--edges", "8", "--channels", "4", "--repeats", "1"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "cp_eager" in captured.out
+    assert "peer skipped" in captured.err  # e3nn and cueq have no uuu mode
+
+
+def test_bench_bad_values(capsys):
+    assert main(["bench", "--edges", "0"]) == 2
+    assert (
+        capsys.readouterr().err == "tdn bench: error: --edges: expected a positive integer, got 0\n"
+    )
+    assert main(["bench", "--device", "cuda:7" if not torch.cuda.is_available() else "nope"]) == 2
+    assert capsys.readouterr().err.startswith("tdn bench: error: --device")
+
+
+@pytest.mark.slow
+def test_bench_model(capsys, tmp_path):
+    js = tmp_path / "model.json"
+    code = main(["bench", "--model", "--backend", "path_shared", "--lmax", "1",
+                 "--molecules", "2", "--repeats", "1", "--json", str(js)])  # fmt: skip
+    assert code == 0
+    assert "train atoms/s" in capsys.readouterr().out
+    rows = json.loads(js.read_text())["results"]
+    assert {r["backend"] for r in rows} >= {"path_shared"}
+    assert all(r["train_atoms_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
+@pytest.mark.skipif(shutil.which("tdn") is None, reason="the tdn script is not installed")
+def test_cp_triton_on_cpu_checks_correctness_in_the_interpreter(tmp_path):
+    pytest.importorskip("triton")
+    js = tmp_path / "triton.json"
+    # a fresh process without TRITON_INTERPRET: the command must switch the interpreter on
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        ["tdn", "bench", "--backend", "cp_triton", "--lmax", "1", "--edges", "8",
+         "--channels", "4", "--repeats", "1", "--json", str(js)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("cp_triton: timings need a CUDA GPU")
+    row = next(r for r in json.loads(js.read_text())["results"] if r["backend"] == "cp_triton")
+    assert "forward_ms" not in row  # interpreted: no timing
+    assert row["output_rel_error"] == pytest.approx(row["rel_error"], rel=0.5)
+    assert row["equivariance_error"] <= row["bound"]
+
+
+def test_fit_cp_writes_into_the_cache_dir(capsys, monkeypatch, tmp_path):
+    from tdn_core._factors import _clear_memory
+
+    monkeypatch.setenv("TDN_CACHE_DIR", str(tmp_path))
+    _clear_memory()  # an earlier test may hold this factor set in memory
+    js = tmp_path / "fit.json"
+    assert main(["fit-cp", "--lmax", "1", "--rank", "6", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    stored = tmp_path / "cp" / "cp_SO3_1_1_1_r6.npz"
+    assert stored.is_file() and str(stored) in out
+    assert "rel_error" in out and "equivariance bound" in out
+    data = json.loads(js.read_text())
+    assert data["rank"] == 6 and data["source"] == "fit"
+    assert 0 < data["rel_error"] < 1 and data["bound"] > 0
+    # a second run finds the stored set instead of fitting again
+    _clear_memory()
+    assert main(["fit-cp", "--lmax", "1", "--rank", "6"]) == 0
+    assert "source: cache" in capsys.readouterr().out
+
+
+def test_fit_cp_tol_and_shipped(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TDN_CACHE_DIR", str(tmp_path))
+    assert main(["fit-cp", "--lmax", "1", "--tol", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "bound" in out
+    assert main(["fit-cp", "--lmax", "2"]) == 0  # quadratic rank at L=2 ships with tdn-core
+    assert "shipped with tdn-core" in capsys.readouterr().out

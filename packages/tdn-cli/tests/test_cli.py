@@ -1,0 +1,332 @@
+"""The ``tdn`` command, run in-process through ``tdn_cli.main.main`` (and once as a real
+subprocess): help texts, one-line errors that leave files alone, eval, md and relax."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from tdn_cli._errors import UserError
+from tdn_cli.main import main
+
+SUBCOMMANDS = [
+    ["bench"],
+    ["eval"],
+    ["fit-cp"],
+    ["data"],
+    ["data", "generate"],
+    ["data", "inspect"],
+    ["data", "convert"],
+    ["md"],
+    ["relax"],
+]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny TDN trained for a few steps on embedded-tiny."""
+    from torch_geometric.loader import DataLoader
+
+    from tdn_data import load_dataset
+    from tdn_models import TDN, save_checkpoint, train_steps
+
+    torch.manual_seed(0)
+    ds = load_dataset("embedded-tiny")
+    model = TDN(lmax=1, channels=8, layers=1, heads=2, num_basis=8, radial_hidden=8,
+                backend="path_shared")  # fmt: skip
+    model.normalization.fit([ds[i] for i in range(0, len(ds), 5)])
+    list(train_steps(model, DataLoader([ds[i] for i in range(8)], batch_size=4), steps=3))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model)
+
+
+@pytest.fixture(scope="module")
+def extxyz(tmp_path_factory) -> Path:
+    """Six embedded-tiny frames written by ASE as extxyz."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from tdn_data import load_dataset
+
+    ds = load_dataset("embedded-tiny")
+    frames = []
+    for i in range(0, len(ds), len(ds) // 6)[:6]:
+        s = ds[i]
+        atoms = Atoms(numbers=s.z.numpy(), positions=s.pos.numpy())
+        atoms.calc = SinglePointCalculator(atoms, energy=float(s.energy), forces=s.forces.numpy())
+        frames.append(atoms)
+    path = tmp_path_factory.mktemp("xyz") / "frames.extxyz"
+    write(path, frames, format="extxyz")
+    return path
+
+
+@pytest.fixture(scope="module")
+def molecule(tmp_path_factory) -> Path:
+    from ase.build import molecule
+    from ase.io import write
+
+    path = tmp_path_factory.mktemp("mol") / "methanol.xyz"
+    write(path, molecule("CH3OH"))
+    return path
+
+
+# -------------------------------------------------------------------------------- help
+
+
+def test_top_level_help_lists_subcommands(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for name in ("train", "bench", "eval", "fit-cp", "data", "md", "relax"):
+        assert name in out
+    assert "Example" in out
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_help_has_an_example(capsys, sub):
+    code, out, _ = run(capsys, *sub, "--help")
+    assert code == 0
+    assert "Example" in out and "tdn " + sub[0] in out
+
+
+def test_usage_errors_are_one_line(capsys):
+    code, out, err = run(capsys, "bench", "--edges", "many")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0
+    assert err.startswith("tdn bench: error: argument --edges")
+
+
+def test_no_subcommand_prints_help(capsys):
+    code, _, err = run(capsys)
+    assert code == 2 and "SUBCOMMAND" in err
+
+
+def test_data_without_action(capsys):
+    code, _, err = run(capsys, "data")
+    assert code == 2
+    assert (
+        err == "tdn data: error: choose an action: generate, inspect or convert "
+        "(see tdn data --help)\n"
+    )
+
+
+# ------------------------------------------------------------------------------- train
+
+
+def test_train_forwards_every_argument(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("tdn_cli.train")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "tdn_cli.train", fake)
+    assert main(["train", "experiment=tiny", "--help", "trainer.epochs=1"]) == 0
+    assert seen == [["experiment=tiny", "--help", "trainer.epochs=1"]]
+
+
+def test_train_user_error_is_one_line(capsys, monkeypatch):
+    fake = types.ModuleType("tdn_cli.train")
+
+    def fail(argv):
+        raise UserError("could not override 'nope': key not in the config")
+
+    fake.main = fail
+    monkeypatch.setitem(sys.modules, "tdn_cli.train", fake)
+    code, _, err = run(capsys, "train", "nope=1")
+    assert code == 2
+    assert err == "tdn train: error: could not override 'nope': key not in the config\n"
+
+
+def test_train_module_missing(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tdn_cli.train", None)  # import fails as if absent
+    code, _, err = run(capsys, "train")
+    assert code == 2
+    assert (
+        err == "tdn train: error: the train subcommand is not installed (no module tdn_cli.train)\n"
+    )
+
+
+# -------------------------------------------------------------------------- subprocess
+
+
+@pytest.mark.skipif(shutil.which("tdn") is None, reason="the tdn script is not installed")
+def test_tdn_script_runs_as_a_process(tmp_path):
+    keep = tmp_path / "keep.json"
+    keep.write_text("{}")
+    proc = subprocess.run(
+        ["tdn", "bench", "--backend", "nope", "--json", str(keep)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("tdn bench: error: --backend: unknown backend 'nope'")
+    assert "cp_eager" in lines[0] and "path_shared" in lines[0]
+    assert keep.read_text() == "{}"
+
+
+# -------------------------------------------------------------------------------- eval
+
+
+def test_eval_on_embedded_tiny(capsys, checkpoint, tmp_path):
+    png, js = tmp_path / "parity.png", tmp_path / "errors.json"
+    code, out, _ = run(capsys, "eval", checkpoint, "embedded-tiny", "--plot", png,
+                       "--json", js, "--max-samples", "12")  # fmt: skip
+    assert code == 0
+    for split in ("train", "val", "test"):
+        assert f"\n{split} " in out
+    assert "meV/atom" in out and "forces per element" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import json
+
+    metrics = json.loads(js.read_text())
+    assert set(metrics["splits"]) == {"train", "val", "test"}
+    assert metrics["splits"]["test"]["structures"] == 12
+    assert {"H", "C"} <= set(metrics["per_element"])
+    for m in metrics["splits"].values():
+        assert m["force_rmse_eV_per_A"] >= m["force_mae_eV_per_A"] > 0
+
+
+def test_eval_on_extxyz(capsys, checkpoint, extxyz, tmp_path):
+    png = tmp_path / "p.png"
+    code, out, _ = run(capsys, "eval", checkpoint, extxyz, "--plot", png, "--backend", "cg")
+    assert code == 0
+    assert "\nall " in out and "backend cg" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_backends_agree(capsys, checkpoint, extxyz, tmp_path):
+    """The weights are the same under every exact backend: so are the errors."""
+    import json
+
+    results = []
+    for backend in ("path_shared", "cg"):
+        js = tmp_path / f"{backend}.json"
+        assert main(["eval", str(checkpoint), str(extxyz), "--no-plot", "--backend", backend,
+                     "--json", str(js)]) == 0  # fmt: skip
+        results.append(json.loads(js.read_text())["splits"]["all"])
+    assert results[0]["force_mae_eV_per_A"] == pytest.approx(results[1]["force_mae_eV_per_A"])
+
+
+# ---------------------------------------------------------------------------- md/relax
+
+
+def test_md_writes_a_trajectory(capsys, checkpoint, molecule, tmp_path):
+    from ase.io import read
+
+    traj = tmp_path / "md.traj"
+    code, out, _ = run(capsys, "md", checkpoint, molecule, "--steps", "4", "--out", traj)
+    assert code == 0 and "Langevin" in out
+    frames = read(traj, ":")
+    assert len(frames) == 5  # the start and every step
+    assert frames[-1].get_potential_energy() == pytest.approx(frames[-1].calc.results["energy"])
+
+
+def test_nve_md(capsys, checkpoint, molecule, tmp_path):
+    from ase.io import read
+
+    traj = tmp_path / "nve.traj"
+    code, out, _ = run(capsys, "md", checkpoint, molecule, "--steps", "3", "--friction", "0",
+                       "--interval", "3", "--out", traj)  # fmt: skip
+    assert code == 0 and "NVE" in out
+    assert len(read(traj, ":")) == 2
+
+
+def test_relax_writes_a_trajectory(capsys, checkpoint, molecule, tmp_path):
+    from ase.io import read
+
+    traj = tmp_path / "relax.traj"
+    code, out, _ = run(capsys, "relax", checkpoint, molecule, "--steps", "3", "--fmax", "1e-6",
+                       "--optimizer", "FIRE", "--out", traj)  # fmt: skip
+    assert code == 0 and "NOT converged within 3 steps" in out
+    frames = read(traj, ":")
+    assert len(frames) == 4
+    assert frames[-1].get_potential_energy() <= frames[0].get_potential_energy() + 1e-6
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def workdir(tmp_path, checkpoint, extxyz, molecule) -> Path:
+    """A folder of inputs and existing outputs that no failing command may touch."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["version"] += 1
+    torch.save(ckpt, tmp_path / "newer.pt")
+    shutil.copy(checkpoint, tmp_path / "model.pt")
+    shutil.copy(extxyz, tmp_path / "frames.extxyz")
+    shutil.copy(molecule, tmp_path / "mol.xyz")
+    (tmp_path / "empty.extxyz").write_text("")
+    (tmp_path / "no_energy.xyz").write_text("1\n\nH 0 0 0\n")
+    for name in ("out.png", "out.json", "out.traj", "out.extxyz"):
+        (tmp_path / name).write_bytes(b"existing " + name.encode())
+    return tmp_path
+
+
+BAD = {
+    "missing checkpoint": ["eval", "missing.pt", "frames.extxyz", "--plot", "out.png"],
+    "missing data": ["eval", "model.pt", "missing.extxyz", "--plot", "out.png"],
+    "newer checkpoint": ["eval", "newer.pt", "frames.extxyz", "--plot", "out.png",
+                         "--json", "out.json"],
+    "empty dataset": ["eval", "model.pt", "empty.extxyz", "--plot", "out.png"],
+    "no energies": ["eval", "model.pt", "no_energy.xyz", "--plot", "out.png"],
+    "eval unknown backend": ["eval", "model.pt", "frames.extxyz", "--backend", "nope",
+                             "--plot", "out.png"],
+    "bench unknown backend": ["bench", "--backend", "cp_eager", "nope", "--json", "out.json",
+                              "--plot", "out.png"],
+    "md newer checkpoint": ["md", "newer.pt", "mol.xyz", "--out", "out.traj"],
+    "md unknown backend": ["md", "model.pt", "mol.xyz", "--backend", "nope", "--out", "out.traj"],
+    "md missing structure": ["md", "model.pt", "missing.xyz", "--out", "out.traj"],
+    "relax empty structure": ["relax", "model.pt", "empty.extxyz", "--out", "out.traj"],
+    "relax missing checkpoint": ["relax", "missing.pt", "mol.xyz", "--out", "out.traj"],
+    "convert onto existing": ["data", "convert", "frames.extxyz", "out.extxyz"],
+    "convert empty": ["data", "convert", "empty.extxyz", "out.extxyz", "--overwrite"],
+    "convert unknown format": ["data", "convert", "frames.extxyz", "out.png"],
+    "inspect missing": ["data", "inspect", "missing.lmdb", "--json", "out.json"],
+    "fit-cp bad rank": ["fit-cp", "--lmax", "1", "--rank", "0", "--json", "out.json"],
+    "fit-cp bad tol": ["fit-cp", "--lmax", "1", "--tol", "1.5", "--json", "out.json"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", BAD.values(), ids=BAD.keys())
+def test_bad_input_is_one_line_and_leaves_files(capsys, monkeypatch, workdir, argv):
+    monkeypatch.chdir(workdir)
+    before = digest(workdir)
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    prefix = "tdn " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+    assert lines[0].startswith(f"{prefix}: error: "), lines[0]
+    assert digest(workdir) == before
+
+
+def test_unknown_backend_message_lists_registered(capsys):
+    code, _, err = run(capsys, "bench", "--backend", "nope")
+    assert code == 2
+    from tdn_core import available_backends
+
+    assert all(name in err for name in available_backends())
