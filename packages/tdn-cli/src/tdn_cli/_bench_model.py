@@ -1,7 +1,8 @@
 """Training-step and inference throughput of the full TDN network (``tdn bench --model``).
 
 The batch: one snapshot of each of the smallest training molecules of the embedded
-dataset; 16 molecules (138 atoms) is the paper's reference measurement. The model is
+dataset (16 of them: 143 atoms; the paper's reference measurement used 16 small molecules
+with 138 atoms). The model is
 ``TDN(lmax=L, backend=...)`` with its defaults (128 channels, 4 blocks, 4 heads, 4.5 Å
 cutoff, 128 Gaussians, forces as -dE/dpos): the reference implementation's settings.
 """

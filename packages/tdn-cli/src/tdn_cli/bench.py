@@ -25,6 +25,8 @@ from ._timing import median_ms
 from ._util import add_command, parse_rank, progress, switch_on_triton_interpreter, write_json
 
 PEERS = ("path_shared", "e3nn", "cueq")
+#: --model compares the network against its exact twins (e3nn/cueq run only if asked)
+MODEL_PEERS = ("cg", "path_shared")
 #: size of the float64 accuracy check (and of cp_triton's interpreted run on a CPU)
 CHECK_EDGES, CHECK_CHANNELS = 16, 8
 DEFAULT_LMAX, DEFAULT_MODEL_LMAX = [1, 2, 3, 4, 5, 6], [1, 2, 4]
@@ -87,7 +89,9 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def choose_backends(requested: Sequence[str]) -> tuple[list[str], list[str]]:
+def choose_backends(
+    requested: Sequence[str], peers: Sequence[str] = PEERS
+) -> tuple[list[str], list[str]]:
     """(backends to run: the requested ones then the usable peers, notes on skipped peers).
 
     Raises:
@@ -109,7 +113,7 @@ def choose_backends(requested: Sequence[str]) -> tuple[list[str], list[str]]:
             if status[name] is not None:
                 raise UserError(f"--backend: {status[name]}")
     notes = []
-    for peer in PEERS:
+    for peer in peers:
         if peer not in chosen and peer in status:
             if status[peer] is None:
                 chosen.append(peer)
@@ -270,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                 "cp_triton: triton was imported before its interpreter could be switched "
                 "on; run with TRITON_INTERPRET=1 set in the environment"
             )
-    backends, notes = choose_backends(args.backends)
+    backends, notes = choose_backends(args.backends, MODEL_PEERS if args.model else PEERS)
     for note in notes:
         print(note, file=sys.stderr)
     if args.model:
