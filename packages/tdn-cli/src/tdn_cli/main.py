@@ -92,7 +92,15 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tdn`` with ``argv`` (default: the process arguments); returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # `tdn ... | head` closed the pipe: stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str]) -> int:
     if any(arg.rpartition("=")[2] == "cp_triton" for arg in argv):
         # without CUDA, cp_triton runs in Triton's interpreter, which is chosen when
         # triton is first imported; a failure is reported by the subcommand itself
