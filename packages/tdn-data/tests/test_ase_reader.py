@@ -9,9 +9,9 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from ase.io import read, write
-from conftest import SHARED_DATA, needs_shared_data
 from torch_geometric.data import Batch
 
+from conftest import SHARED_DATA, needs_shared_data
 from tdn_data._units import HARTREE_EV, KCAL_MOL_EV, energy_factor, force_factor
 from tdn_data.ase_reader import ASEDataset
 

@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import SHARED_DATA, needs_shared_data
 from test_pubchemqcr import fake_molecules
 
+from conftest import SHARED_DATA, needs_shared_data
 from tdn_data import ASEDataset, OC20LmdbDataset, PubChemQCRDataset, load_dataset, write_pubchemqcr
 
 
