@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -67,14 +66,13 @@ def test_bench_model(capsys, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
-@pytest.mark.skipif(shutil.which("tdn") is None, reason="the tdn script is not installed")
-def test_cp_triton_on_cpu_checks_correctness_in_the_interpreter(tmp_path):
+def test_cp_triton_on_cpu_checks_correctness_in_the_interpreter(tmp_path, tdn_script):
     pytest.importorskip("triton")
     js = tmp_path / "triton.json"
     # a fresh process without TRITON_INTERPRET: the command must switch the interpreter on
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        ["tdn", "bench", "--backend", "cp_triton", "--lmax", "1", "--edges", "8",
+        [tdn_script, "bench", "--backend", "cp_triton", "--lmax", "1", "--edges", "8",
          "--channels", "4", "--repeats", "1", "--json", str(js)],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip

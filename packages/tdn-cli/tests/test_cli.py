@@ -171,12 +171,11 @@ def test_train_module_missing(capsys, monkeypatch):
 # -------------------------------------------------------------------------- subprocess
 
 
-@pytest.mark.skipif(shutil.which("tdn") is None, reason="the tdn script is not installed")
-def test_tdn_script_runs_as_a_process(tmp_path):
+def test_tdn_script_runs_as_a_process(tmp_path, tdn_script):
     keep = tmp_path / "keep.json"
     keep.write_text("{}")
     proc = subprocess.run(
-        ["tdn", "bench", "--backend", "nope", "--json", str(keep)],
+        [tdn_script, "bench", "--backend", "nope", "--json", str(keep)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
