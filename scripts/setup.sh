@@ -31,5 +31,5 @@ pip_install \
   -e "packages/tdn-data[generate,qm9,test]" \
   -e "packages/tdn-models[e3nn,test]" \
   -e packages/tdn-cli \
-  "ruff==0.17.6" "pytest>=8"
+  "ruff==0.17.6" "pytest>=8" "asv==0.6.6"
 echo "$want" > "$stamp"
