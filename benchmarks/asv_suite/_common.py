@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import ClassVar
 
 # Fixed problem sizes (changing one changes what the numbers mean: bump `version`).
 EDGES = 256  # edges of the edge-product benchmarks
@@ -52,3 +53,19 @@ def threads() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+class BackendByL:
+    """Base of the benchmarks parametrized over backend x L: asv's parameters, and a
+    ``tensor_product(backend, L, channels)`` that skips what this commit or machine lacks."""
+
+    params: ClassVar = (BACKENDS, LS)
+    param_names: ClassVar = ["backend", "L"]
+    timeout = 300
+    version = "1"
+
+    @staticmethod
+    def tensor_product(backend: str, L: int, channels: int):
+        threads()
+        usable_backend(backend)
+        return need("tdn_core", "TensorProduct")(L, L, L, channels, backend=backend)

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from ._common import BACKENDS, LS, need, threads, usable_backend
+from ._common import LS, BackendByL, need
 
 
 class CPFactors:
@@ -37,21 +37,13 @@ class CPFactors:
     track_rank.unit = "rank"
 
 
-class Equivariance:
-    params: ClassVar = (BACKENDS, LS)
-    param_names: ClassVar = ["backend", "L"]
-    timeout = 300
-    version = "1"
-
+class Equivariance(BackendByL):
     def setup(self, backend, L):
-        threads()
-        usable_backend(backend)
-        TensorProduct = need("tdn_core", "TensorProduct")
+        tp = self.tensor_product(backend, L, 4).double()
         random_inputs, random_rotation, equivariance_error = need(
             "tdn_core.testing", "random_inputs", "random_rotation", "equivariance_error"
         )
         gen = torch.Generator().manual_seed(L)
-        tp = TensorProduct(L, L, L, 4, backend=backend).double()
         x, y, w = random_inputs(tp.descriptor, 32, torch.float64, generator=gen)
         R = random_rotation(torch.float64, generator=gen)
         with torch.no_grad():

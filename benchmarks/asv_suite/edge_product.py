@@ -7,26 +7,16 @@ every backend and L = 1..6, float32, E = 256 edges, C = 16 channels.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
-from ._common import BACKENDS, CHANNELS, EDGES, LS, need, threads, usable_backend
+from ._common import CHANNELS, EDGES, BackendByL, need
 
 
-class _EdgeProduct:
-    params: ClassVar = (BACKENDS, LS)
-    param_names: ClassVar = ["backend", "L"]
-    timeout = 300
-    version = "1"
-
+class _EdgeProduct(BackendByL):
     def setup(self, backend, L):
-        threads()
-        usable_backend(backend)
-        TensorProduct = need("tdn_core", "TensorProduct")
-        random_inputs = need("tdn_core.testing", "random_inputs")
         torch.manual_seed(0)
-        self.tp = TensorProduct(L, L, L, CHANNELS, backend=backend)
+        self.tp = self.tensor_product(backend, L, CHANNELS)
+        random_inputs = need("tdn_core.testing", "random_inputs")
         gen = torch.Generator().manual_seed(L)
         x, y, w = random_inputs(self.tp.descriptor, EDGES, torch.float32, generator=gen)
         self.inputs = (x, y, w)
