@@ -230,6 +230,54 @@ def test_eval_backends_agree(capsys, checkpoint, extxyz, tmp_path):
     assert results[0]["force_mae_eV_per_A"] == pytest.approx(results[1]["force_mae_eV_per_A"])
 
 
+def test_eval_energy_unit_and_keys(capsys, checkpoint, extxyz, tmp_path):
+    """Labels stored in kcal/mol under other keys give the same errors as the eV file,
+    and the debiased energy MAE ignores a constant shift of the energy zero."""
+    import json
+
+    from ase.io import read, write
+
+    from tdn_data._units import energy_factor
+
+    kcal = 1 / energy_factor("kcal/mol")  # kcal/mol per eV
+    frames = read(extxyz, index=":")
+    for atoms in frames:
+        atoms.info["E_dft"] = (atoms.get_potential_energy() + 7.0 * len(atoms)) * kcal
+        atoms.arrays["F_dft"] = atoms.get_forces() * kcal
+        atoms.calc = None
+    other = tmp_path / "kcal.extxyz"
+    write(other, frames, format="extxyz")
+    results = {}
+    for name, extra in (
+        ("ev", [str(extxyz)]),
+        (
+            "kcal",
+            [
+                str(other),
+                "--energy-unit",
+                "kcal/mol",
+                "--energy-key",
+                "E_dft",
+                "--forces-key",
+                "F_dft",
+            ],
+        ),
+    ):
+        js = tmp_path / f"{name}.json"
+        assert main(["eval", str(checkpoint), *extra, "--no-plot", "--json", str(js)]) == 0
+        results[name] = json.loads(js.read_text())["splits"]["all"]
+    ev, kc = results["ev"], results["kcal"]
+    assert kc["force_mae_eV_per_A"] == pytest.approx(ev["force_mae_eV_per_A"], rel=1e-5)
+    # the labels are 7 eV/atom higher: the offset moves by -7, the debiased MAE stays
+    assert kc["energy_median_error_eV_per_atom"] == pytest.approx(
+        ev["energy_median_error_eV_per_atom"] - 7.0, abs=1e-4
+    )
+    assert kc["energy_mae_debiased_eV_per_atom"] == pytest.approx(
+        ev["energy_mae_debiased_eV_per_atom"], abs=1e-4
+    )
+    assert ev["energy_mae_debiased_eV_per_atom"] <= ev["energy_mae_eV_per_atom"] + 1e-12
+
+
 # ---------------------------------------------------------------------------- md/relax
 
 
@@ -294,6 +342,10 @@ BAD = {
     "no energies": ["eval", "model.pt", "no_energy.xyz", "--plot", "out.png"],
     "eval unknown backend": ["eval", "model.pt", "frames.extxyz", "--backend", "nope",
                              "--plot", "out.png"],
+    "eval unit on embedded": ["eval", "model.pt", "embedded-tiny", "--energy-unit",
+                              "kcal/mol", "--plot", "out.png", "--json", "out.json"],
+    "eval unknown unit": ["eval", "model.pt", "frames.extxyz", "--energy-unit", "furlong",
+                          "--plot", "out.png"],
     "bench unknown backend": ["bench", "--backend", "cp_eager", "nope", "--json", "out.json",
                               "--plot", "out.png"],
     "md newer checkpoint": ["md", "newer.pt", "mol.xyz", "--out", "out.traj"],

@@ -26,6 +26,8 @@ EXAMPLES = """Examples:
   tdn eval model.pt embedded                       # train, val and test splits
   tdn eval model.pt embedded --split test --backend path_shared --plot test_parity.png
   tdn eval model.pt frames.extxyz --json errors.json
+  tdn eval model.pt md17_aspirin.extxyz --energy-unit kcal/mol   # MD17 stores kcal/mol
+  tdn eval model.pt iso17.db --energy-key total_energy --forces-key atomic_forces
 """
 
 
@@ -46,17 +48,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", default="parity.png", metavar="FILE.png", help="parity plots")
     p.add_argument("--no-plot", action="store_true", help="do not draw the parity plots")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
+    ase = p.add_argument_group("files ASE reads (extxyz, ASE db, ...)")
+    ase.add_argument(
+        "--energy-unit",
+        default="eV",
+        help="unit the labels are stored in (eV, meV, kcal/mol, kJ/mol, Hartree); forces "
+        "are taken in that unit per Å",
+    )
+    ase.add_argument("--energy-key", help="where the energy lives (db key or info entry)")
+    ase.add_argument("--forces-key", help="where the forces live (db data or arrays entry)")
 
 
-def open_splits(source: str, split: str | None) -> dict[str, Dataset]:
+def open_splits(source: str, split: str | None, **options) -> dict[str, Dataset]:
     """``{split name: dataset}``: the one asked for, else train/val/test where the
-    source has splits (PubChemQCR shards, QM9), else ``{"all": everything}``."""
+    source has splits (PubChemQCR shards, QM9), else ``{"all": everything}``.
+    ``options`` go to :func:`tdn_data.load_dataset` (e.g. ``energy_unit``)."""
     if split is not None:
-        return {split: load_dataset(source, split=None if split == "all" else split)}
-    full = load_dataset(source)
+        return {split: load_dataset(source, split=None if split == "all" else split, **options)}
+    full = load_dataset(source, **options)
     if isinstance(full, PubChemQCRDataset | QM9Dataset):
-        return {s: load_dataset(source, split=s) for s in ("train", "val", "test")}
+        return {s: load_dataset(source, split=s, **options) for s in ("train", "val", "test")}
     return {"all": full}
+
+
+def _ase_options(args: argparse.Namespace) -> dict:
+    """load_dataset options from the ASE flags; only those given (other readers refuse
+    unknown options), and a clear error where the source is not a file ASE reads."""
+    options = {"energy_unit": args.energy_unit} if args.energy_unit != "eV" else {}
+    for key in ("energy_key", "forces_key"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options
 
 
 def predict(model, dataset: Dataset, batch_size: int, device: torch.device, desc: str) -> dict:
@@ -88,9 +110,16 @@ def predict(model, dataset: Dataset, batch_size: int, device: torch.device, desc
 
 
 def metrics(p: Mapping[str, np.ndarray]) -> dict:
-    """MAE and RMSE of energies (eV, and eV/atom) and force components (eV/Å)."""
+    """MAE and RMSE of energies (eV, and eV/atom) and force components (eV/Å).
+
+    ``energy_median_error_eV_per_atom`` is the offset of the energies and
+    ``energy_mae_debiased_eV_per_atom`` the MAE once it is removed (the median is the
+    constant shift that minimizes the MAE): the number to read when the labels come
+    from another level of theory, with another energy zero, than the training data.
+    """
     de = p["energy_pred"] - p["energy"]
     de_atom = de / p["atoms"]
+    bias = float(np.median(de_atom))
     m = {
         "structures": len(de),
         "atoms": int(p["atoms"].sum()),
@@ -98,6 +127,8 @@ def metrics(p: Mapping[str, np.ndarray]) -> dict:
         "energy_rmse_eV": float(np.sqrt((de**2).mean())),
         "energy_mae_eV_per_atom": float(np.abs(de_atom).mean()),
         "energy_rmse_eV_per_atom": float(np.sqrt((de_atom**2).mean())),
+        "energy_median_error_eV_per_atom": bias,
+        "energy_mae_debiased_eV_per_atom": float(np.abs(de_atom - bias).mean()),
     }
     if "f" in p:
         df = p["f_pred"] - p["f"]
@@ -174,7 +205,13 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = existing_file(args.checkpoint, "CHECKPOINT")
     device = torch.device(args.device)
     model, info = load_checkpoint(checkpoint, backend=args.backend, device=device)
-    splits = open_splits(args.data, args.split)
+    try:
+        splits = open_splits(args.data, args.split, **_ase_options(args))
+    except TypeError as e:  # a reader that takes no such option (embedded, LMDB, QM9)
+        raise UserError(
+            f"--energy-unit/--energy-key/--forces-key apply to files ASE reads only; "
+            f"{args.data!r} is read by another reader ({e})"
+        ) from None
     preds = {}
     for name, ds in splits.items():
         if args.max_samples is not None and len(ds) > args.max_samples:
