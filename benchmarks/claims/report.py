@@ -153,7 +153,7 @@ def accuracy_plot(path: Path) -> None:
     keys = (("energy_mae_eV_per_atom", "energy MAE (meV/atom)"),
             ("force_mae_eV_per_A", "force MAE (meV/Å)"))  # fmt: skip
     for ax, (key, label) in zip(axes, keys, strict=True):
-        for i, (model, tests) in enumerate(runs.items()):
+        for i, tests in enumerate(runs.values()):
             v = [1e3 * t[key] for t in tests]
             ax.bar(i, statistics.mean(v), color="0.85", edgecolor="0.4")
             ax.plot([i] * len(v), v, "o", color="C0")
