@@ -147,21 +147,13 @@ def plot(rows: list[dict], per_l: dict, path: Path) -> None:
         axes[0].plot(ranks, [max(r["measured"], floor) for r in pts], "x--", color=line.get_color())
         axes[1].plot(ranks, [max(r["rel_error"], floor) for r in pts], "o-", label=f"L={L}")
         axes[1].axvline(7 * L * L, color=line.get_color(), lw=0.6, ls=":")
-    axes[0].set(
-        xscale="log",
-        yscale="log",
-        xlabel="rank R",
-        ylabel="equivariance error",
-        title="bound 2||E_(3)||_2 (o) and measured max (x)",
-    )
     axes[1].axhline(TOL, color="k", lw=0.8, ls="--")
-    axes[1].set(
-        xscale="log",
-        yscale="log",
-        xlabel="rank R",
-        ylabel="||M - M_R|| / ||M||",
-        title="relative error (dotted: 7L^2; dashed: 1e-6)",
+    labels = (
+        ("equivariance error", "bound 2||E_(3)||_2 (o) and measured max (x)"),
+        ("||M - M_R|| / ||M||", "relative error (dotted: 7L^2; dashed: 1e-6)"),
     )
+    for ax, (ylabel, title) in zip(axes, labels, strict=True):
+        ax.set(xscale="log", yscale="log", xlabel="rank R", ylabel=ylabel, title=title)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
