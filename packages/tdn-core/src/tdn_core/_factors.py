@@ -545,22 +545,35 @@ def _clear_memory() -> None:
 
 def _ship(out_dir: Path | None = None, lmaxes=_SHIPPED_LMAX) -> list[dict]:
     """Fit the shipped factor sets (SO3, lmax_in = lmax_sh = lmax_out = L, quadratic
-    rank) and write them to ``out_dir`` (default: the package's ``data/cp``)."""
+    rank) and write them to ``out_dir`` (default: the package's ``data/cp``).
+
+    One process per core, largest L first: each fit is single-threaded (see
+    ``_cp_als``) and deterministic, so the files are the same as from a serial run.
+    Returns the metadata in the order of ``lmaxes``.
+    """
+    import concurrent.futures
+    import multiprocessing
+
     out_dir = Path(__file__).resolve().parent / "data" / "cp" if out_dir is None else out_dir
-    rows = []
+    keys = {L: ("SO3", L, L, L, resolve_rank("quadratic", L, L, L, "SO3")) for L in lmaxes}
+    metas = {}
     print(f"{'L':>2} {'d':>3} {'R':>4} {'rel_error':>10} {'bound':>10} {'seconds':>8}", flush=True)
-    for L in lmaxes:
-        R = resolve_rank("quadratic", L, L, L, "SO3")
-        key = ("SO3", L, L, L, R)
-        factors, meta = _fit(key)
-        _write_factors(out_dir / _file_name(key), factors, meta)
-        rows.append(meta)
-        print(
-            f"{L:>2} {dim(L):>3} {R:>4} {meta['rel_error']:>10.3e} {meta['bound']:>10.3e} "
-            f"{meta['fit_seconds']:>8.1f}",
-            flush=True,
-        )
-    return rows
+    workers = max(1, min(len(keys), os.cpu_count() or 1))
+    # spawn: a forked copy of a process that holds torch's thread pools can deadlock
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        jobs = {pool.submit(_fit, keys[L]): L for L in sorted(keys, reverse=True)}
+        for job in concurrent.futures.as_completed(jobs):
+            L = jobs[job]
+            factors, meta = job.result()
+            _write_factors(out_dir / _file_name(keys[L]), factors, meta)
+            metas[L] = meta
+            print(
+                f"{L:>2} {dim(L):>3} {keys[L][4]:>4} {meta['rel_error']:>10.3e} "
+                f"{meta['bound']:>10.3e} {meta['fit_seconds']:>8.1f}",
+                flush=True,
+            )
+    return [metas[L] for L in lmaxes]
 
 
 def _main(argv: list[str] | None = None) -> int:
