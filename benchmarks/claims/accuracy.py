@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tdn_cli._util import write_json  # atomic: a kill never leaves half a file
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "results" / "accuracy"
 SCRATCH = ROOT / "runs" / "claims"
@@ -131,7 +133,7 @@ def job(model: str, seed: int, cpu: int) -> None:
         seconds = _run([TDN, "train", *overrides, *(["resume=true"] if resume else [])], cpu, log)
         # a resumed run's time counts only the part after the interruption
         timing = {"train_s": seconds, "resumed": resume}
-        timing_path.write_text(json.dumps(timing, indent=1))
+        write_json(timing_path, timing)
     for fname in KEEP:
         shutil.copy2(run_dir / fname, out / fname)
     if "tdn" in model:
@@ -145,7 +147,7 @@ def job(model: str, seed: int, cpu: int) -> None:
         cmd += ["--plot", str(out / f"{tag}_parity.png")] if tag == "test" else ["--no-plot"]
         seconds = _run(cmd, cpu, log)
         timing[f"eval_{tag}_s"] = seconds
-        timing_path.write_text(json.dumps(timing, indent=1))
+        write_json(timing_path, timing)
 
 
 def throughput(models: list[str], seed: int, batches: int, cpu: int) -> dict:
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         models = [m for m in args.models if MODELS[m][1] is not QM9_EVALS]
         if models:
             result = throughput(models, seed, args.throughput_batches, cpus[0])
-            (OUT / "throughput.json").write_text(json.dumps({"seed": seed, **result}, indent=1))
+            write_json(OUT / "throughput.json", {"seed": seed, **result})
     return 0
 
 

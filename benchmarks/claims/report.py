@@ -85,13 +85,19 @@ def cost() -> list[str]:
     return out
 
 
-def accuracy() -> list[str]:
-    root = RESULTS / "accuracy"
+def _run_dirs() -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """({model: its seed folders} on the embedded dataset, the same for QM9)."""
     runs: dict[str, list[Path]] = {}
     qm9: dict[str, list[Path]] = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in (RESULTS / "accuracy").iterdir() if p.is_dir()):
         name = d.name.rsplit("-s", 1)[0]
         (qm9 if name.startswith("qm9-") else runs).setdefault(name, []).append(d)
+    return runs, qm9
+
+
+def accuracy() -> list[str]:
+    root = RESULTS / "accuracy"
+    runs, qm9 = _run_dirs()
     speed = _load(root / "throughput.json") or {"models": {}}
     out = [
         "| model | seeds | parameters | test E MAE (meV/atom) | test F MAE (meV/Å) | "
@@ -153,12 +159,10 @@ def accuracy_plot(path: Path) -> None:
     """Test energy and force MAE per model: one dot per seed, a bar at the mean."""
     from tdn_cli._plots import _pyplot, _save
 
-    root = RESULTS / "accuracy"
-    runs: dict[str, list[dict]] = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("qm9")):
-        runs.setdefault(d.name.rsplit("-s", 1)[0], []).append(
-            _load(d / "test.json")["splits"]["test"]
-        )
+    runs = {
+        model: [_load(d / "test.json")["splits"]["test"] for d in dirs]
+        for model, dirs in _run_dirs()[0].items()
+    }
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     keys = (("energy_mae_eV_per_atom", "energy MAE (meV/atom)"),
