@@ -6,9 +6,10 @@ the CP relative error ||M - M_R|| / ||M||, the certified bound 2 ||E_(3)||_2, an
 measured equivariance error, the max over ``--samples`` random rotations and Gaussian
 inputs of ||D m_R(x, y) - m_R(Dx, Dy)|| / (||x|| ||y||), in float64; and the smallest
 rank whose fit reaches rel_error <= 1e-6 (``tdn_core.cp_factors(..., tol=1e-6)``) for
-L <= ``--search-up-to`` (5; above it the rank grid brackets it).
+L <= ``--search-up-to`` (6: every degree; above it the rank grid brackets it).
 
-    python benchmarks/claims/approximation.py            # about 35 min on one core
+    python benchmarks/claims/approximation.py            # about an hour on one core
+    python benchmarks/claims/approximation.py --search-up-to 5   # ~35 min: L = 6 bracketed
     python benchmarks/claims/approximation.py --lmax 6   # one degree (merged into the JSON)
 
 Writes docs/results/approximation/approximation.json and approximation.png. Fits go to
@@ -107,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--search-up-to",
         type=int,
-        default=5,
+        default=6,
         help="search the 1e-6 rank for L up to this; above it only the grid brackets it "
-        "(the L = 6 search fits ~10 ranks of 500-1000: most of an hour on this CPU)",
+        "(the L = 6 search fits ~10 ranks of 250-1000: 26 min on one Zen 5 core)",
     )
     p.add_argument("--samples", type=int, default=100, help="rotations and inputs per set")
     p.add_argument("--out", type=Path, default=OUT)
