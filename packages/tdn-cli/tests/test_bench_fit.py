@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import torch
 
+from tdn_cli._timing import interleaved_medians_ms
 from tdn_cli.main import main
 
 TINY = ["--lmax", "1", "2", "--edges", "32", "--channels", "4", "--repeats", "1"]
@@ -28,11 +29,23 @@ def test_bench_table_json_and_plot(capsys, tmp_path):
     assert ("cp_eager", 1) in rows and ("path_shared", 2) in rows
     cp = rows[("cp_eager", 2)]
     assert cp["forward_ms"] > 0 and cp["forward_backward_ms"] > 0
+    # the GEMM rate is taken against the matmul rate measured next to this row's forward
+    achieved = cp["cp_gflop"] / (cp["forward_ms"] * 1e-3)
+    assert cp["fraction_of_matmul_rate"] == pytest.approx(achieved / cp["matmul_gflops"])
     assert cp["speedup_vs_path_shared_fb"] > 0
     assert 0 < cp["equivariance_error"] <= cp["bound"]
     assert cp["output_rel_error"] == pytest.approx(cp["rel_error"], rel=1.0)
     assert rows[("path_shared", 1)]["output_rel_error"] < 1e-12
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interleaved_medians_call_in_turn():
+    calls = []
+    medians = interleaved_medians_ms(
+        [lambda: calls.append("a"), lambda: calls.append("b")], repeats=3, warmup=1
+    )
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds
+    assert len(medians) == 2 and all(m >= 0 for m in medians)
 
 
 def test_bench_uuu_skips_peers_that_cannot(capsys):

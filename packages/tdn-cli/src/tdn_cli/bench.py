@@ -13,7 +13,7 @@ import argparse
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -21,7 +21,7 @@ from tdn_core import TensorProduct, UnsupportedDescriptor, available_backends
 from tdn_core.testing import equivariance_error, random_inputs, random_rotation
 
 from ._errors import UserError
-from ._timing import median_ms
+from ._timing import interleaved_medians_ms, median_ms
 from ._util import add_command, parse_rank, progress, switch_on_triton_interpreter, write_json
 
 PEERS = ("path_shared", "e3nn", "cueq")
@@ -125,11 +125,27 @@ def choose_backends(
 # ------------------------------------------------------------------------- measure
 
 
-def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 3) -> float:
+#: size of the square fp32 matmul that measures the machine's rate
+MATMUL_N = 1024
+
+
+def square_matmul(device: torch.device) -> Callable[[], object]:
+    """One [n, n] @ [n, n] fp32 product (n = ``MATMUL_N``): 2 n^3 FLOP per call."""
+    a, b = (
+        torch.randn(MATMUL_N, MATMUL_N, device=device),
+        torch.randn(MATMUL_N, MATMUL_N, device=device),
+    )
+    return lambda: a @ b
+
+
+def gflops_of(ms: float) -> float:
+    """GFLOP/s of a ``square_matmul`` call that took ``ms`` milliseconds."""
+    return 2 * MATMUL_N**3 / (ms * 1e-3) / 1e9
+
+
+def matmul_gflops(device: torch.device, repeats: int = 3) -> float:
     """This machine's fp32 matmul rate (GFLOP/s), the practical ceiling of any backend."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    ms = median_ms(lambda: a @ b, repeats, device=device)
-    return 2 * n**3 / (ms * 1e-3) / 1e9
+    return gflops_of(median_ms(square_matmul(device), repeats, device=device))
 
 
 def _product(name: str, L: int, channels: int, mode: str, rank, dtype, device) -> TensorProduct:
@@ -141,7 +157,9 @@ def time_product(
     name: str, L: int, edges: int, channels: int, mode: str, rank, dtype, device, repeats: int
 ) -> dict:
     """Forward and forward+backward medians (ms; gradients of x, y and the weight) of one
-    backend's edge product on Gaussian inputs, and its CP FLOP count (GFLOP)."""
+    backend's edge product on Gaussian inputs; for a CP backend also its FLOP count
+    (GFLOP) and the matmul rate (GFLOP/s) measured in turn with its forward calls, so
+    that the fraction of the rate it reaches does not depend on when the load changed."""
     tp = _product(name, L, channels, mode, rank, dtype, device)
     x, y, w = (t.to(device) for t in random_inputs(tp.descriptor, edges, dtype))
     xg, yg, wg = (t.clone().requires_grad_(True) for t in (x, y, w))
@@ -157,13 +175,19 @@ def time_product(
     # few repeats for slow backends: the run time is bounded by the slowest, not the count
     probe = median_ms(forward_backward, 1, warmup=1, device=device)
     reps = max(1, min(repeats, int(20_000 / max(probe, 1e-3))))
-    row = {
-        "forward_ms": median_ms(forward, reps, device=device),
-        "forward_backward_ms": median_ms(forward_backward, reps, device=device),
-        "repeats": reps,
-    }
-    if tp.factors is not None:
-        row["cp_gflop"] = tp.descriptor.flops("cp", edges) / 1e9
+    row: dict = {"repeats": reps}
+    if tp.factors is None:
+        row["forward_ms"] = median_ms(forward, reps, device=device)
+    else:
+        fwd_ms, mm_ms = interleaved_medians_ms(
+            [forward, square_matmul(device)], reps, device=device
+        )
+        row.update(
+            forward_ms=fwd_ms,
+            cp_gflop=tp.descriptor.flops("cp", edges) / 1e9,
+            matmul_gflops=gflops_of(mm_ms),
+        )
+    row["forward_backward_ms"] = median_ms(forward_backward, reps, device=device)
     return row
 
 
@@ -204,7 +228,8 @@ def _add_ratios(group: list[dict], gflops: float) -> None:
                 r[f"speedup_vs_{peer}_fb"] = base["forward_backward_ms"] / r["forward_backward_ms"]
                 r[f"speedup_vs_{peer}_fwd"] = base["forward_ms"] / r["forward_ms"]
         if "cp_gflop" in r:
-            r["fraction_of_matmul_rate"] = r["cp_gflop"] / (r["forward_ms"] * 1e-3) / gflops
+            rate = r.get("matmul_gflops", gflops)
+            r["fraction_of_matmul_rate"] = r["cp_gflop"] / (r["forward_ms"] * 1e-3) / rate
 
 
 def _cell(value: float | None, width: int, spec: str = ".2f", suffix: str = "") -> str:
