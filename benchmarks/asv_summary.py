@@ -48,15 +48,14 @@ def sci(v) -> str:
     return "-" if v is None else f"{v:.1e}"
 
 
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
 def subject(commit: str) -> str:
-    out = subprocess.run(
-        ["git", "log", "-1", "--format=%h %cs %s", commit],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    line = out.stdout.strip() or commit[:8]
+    line = git("log", "-1", "--format=%h %cs %s", commit) or commit[:8]
     return line if len(line) <= 70 else line[:67] + "..."
 
 
@@ -65,7 +64,14 @@ def main() -> None:
     ap.add_argument("--machine", required=True)
     args = ap.parse_args()
     conf = Config.load(str(ROOT / "asv.conf.json"))
-    results = sorted(iter_results_for_machine(conf.results_dir, args.machine), key=lambda r: r.date)
+    # history order, oldest first: commits that land together share one commit date
+    position = {
+        h: i for i, h in enumerate(git("rev-list", "--topo-order", "--reverse", "HEAD").split())
+    }
+    results = sorted(
+        iter_results_for_machine(conf.results_dir, args.machine),
+        key=lambda r: (position.get(r.commit_hash, -1), r.date),
+    )
     if not results:
         raise SystemExit(f"no results for machine {args.machine!r} in {conf.results_dir}")
     # the newest commit that ran the whole suite (a history run may select a subset)
