@@ -95,6 +95,12 @@ def _run_dirs() -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     return runs, qm9
 
 
+def _mae_cells(tests: list[dict]) -> str:
+    """ "energy MAE (meV/atom) | force MAE (meV/Å)" over seeds, as table cells."""
+    energy = _mean_sd([t["energy_mae_eV_per_atom"] for t in tests], 1e3)
+    return f"{energy} | {_mean_sd([t['force_mae_eV_per_A'] for t in tests], 1e3)}"
+
+
 def accuracy() -> list[str]:
     root = RESULTS / "accuracy"
     runs, qm9 = _run_dirs()
@@ -110,19 +116,14 @@ def accuracy() -> list[str]:
         train_min = [_load(d / "timing.json")["train_s"] / 60 for d in dirs]
         sp = speed["models"].get(model, {})
         out.append(
-            f"| {model} | {len(dirs)} | {sp.get('parameters', '-')} | "
-            f"{_mean_sd([t['energy_mae_eV_per_atom'] for t in tests], 1e3)} | "
-            f"{_mean_sd([t['force_mae_eV_per_A'] for t in tests], 1e3)} | "
+            f"| {model} | {len(dirs)} | {sp.get('parameters', '-')} | {_mae_cells(tests)} | "
             f"{_mean_sd(train_min)} | " + (f"{sp['atoms_per_s']:.0f}" if sp else "-") + " |"
         )
         twins = [_load(d / "test_on_path_shared.json") for d in dirs]
         if all(twins):
-            tests = [t["splits"]["test"] for t in twins]
-            out.append(
-                f"| {model} weights run on path_shared | {len(dirs)} | (same) | "
-                f"{_mean_sd([t['energy_mae_eV_per_atom'] for t in tests], 1e3)} | "
-                f"{_mean_sd([t['force_mae_eV_per_A'] for t in tests], 1e3)} | - | - |"
-            )
+            twin_cells = _mae_cells([t["splits"]["test"] for t in twins])
+            twin = f"{model} weights run on path_shared"
+            out.append(f"| {twin} | {len(dirs)} | (same) | {twin_cells} | - | - |")
         cells = []
         for tag in ("md17_ethanol", "md17_aspirin", "iso17"):
             ood = [_load(d / f"ood_{tag}.json")["splits"]["all"] for d in dirs]
