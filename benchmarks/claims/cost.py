@@ -75,14 +75,17 @@ def analyze(out: Path) -> dict:
             L = [r["L"] for r in rows]
             fwd = [r["forward_ms"] for r in rows]
             fb = [r["forward_backward_ms"] for r in rows]
-            flops = model[MODEL_OF[name]]
+            # cp_eager's dense order (rows since 2026-12-02) runs path_shared's cost model
+            dense = any(r.get("order") == "dense" for r in rows)
+            executed = "path_shared" if dense else MODEL_OF[name]
+            flops = model[executed]
             backends[name] = {
                 "L": L,
                 "forward_ms": fwd,
                 "forward_backward_ms": fb,
                 "slope_forward": slope(L, fwd),
                 "slope_forward_backward": slope(L, fb),
-                "flop_model": MODEL_OF[name],
+                "flop_model": executed,
                 "slope_flop_model": slope(LMAX, flops),
                 "gflop_forward": flops,
             }

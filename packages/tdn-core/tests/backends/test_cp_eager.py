@@ -1,7 +1,8 @@
-"""cp_eager's edge chunking: the result must not depend on where the chunks fall."""
+"""cp_eager: edge chunking and contraction order must not change the result."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tdn_core import TPDescriptor, cp_factors
@@ -22,6 +23,7 @@ def test_chunk_size_follows_rank_and_channels():
 def test_chunked_forward_and_backward_match_one_chunk():
     desc = TPDescriptor(2, 2, 2, 3, rank=cp_factors(2, 2, 2).rank)
     module = CPEagerProduct(desc, torch.float64, torch.device("cpu"))
+    module.order = "factored"  # the order that chunks
     g = torch.Generator().manual_seed(0)
     inputs = [t.requires_grad_() for t in random_inputs(desc, 10, generator=g)]
     grad_out = torch.randn(10, desc.dims[2], 3, dtype=torch.float64, generator=g)
@@ -34,3 +36,52 @@ def test_chunked_forward_and_backward_match_one_chunk():
         results.append((out, *grads))
     for whole, chunked in zip(*results, strict=True):
         torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+
+
+def _module(L: int, channels: int, dtype=torch.float64) -> CPEagerProduct:
+    desc = TPDescriptor(L, L, L, channels, rank=cp_factors(L, L, L).rank)
+    return CPEagerProduct(desc, dtype, torch.device("cpu"))
+
+
+def test_auto_order_takes_the_one_with_fewer_flops():
+    for L, channels, expected in [(3, 64, "dense"), (1, 1, "dense"), (3, 1, "factored")]:
+        module = _module(L, channels)
+        assert module.resolved_order() == expected
+        desc = module.desc
+        cheaper = "dense" if desc.flops("path_shared") < desc.flops("cp") else "factored"
+        assert cheaper == expected
+    module.order = "dense"
+    assert module.resolved_order() == "dense"
+
+
+def test_orders_agree_with_first_and_second_derivatives():
+    module = _module(2, 3)
+    g = torch.Generator().manual_seed(1)
+    inputs = [t.requires_grad_() for t in random_inputs(module.desc, 6, generator=g)]
+    grad_out = torch.randn(6, module.desc.dims[2], 3, dtype=torch.float64, generator=g)
+    results = []
+    for order in ("factored", "dense"):
+        module.order = order
+        out = module(*inputs)
+        grads = torch.autograd.grad(out, inputs, grad_out, create_graph=True)
+        # second derivatives, as force training takes them
+        second = torch.autograd.grad(sum(g.square().sum() for g in grads), inputs)
+        results.append((out, *grads, *second))
+    for factored, dense in zip(*results, strict=True):
+        torch.testing.assert_close(dense, factored, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", ["factored", "dense"])
+def test_each_order_passes_gradcheck_and_gradgradcheck(order):
+    module = _module(1, 2)
+    module.order = order
+    g = torch.Generator().manual_seed(2)
+    inputs = tuple(t.requires_grad_() for t in random_inputs(module.desc, 3, generator=g))
+    assert torch.autograd.gradcheck(module, inputs)
+    assert torch.autograd.gradgradcheck(module, inputs)
+
+
+def test_unknown_order_is_refused():
+    module = _module(1, 2)
+    with pytest.raises(ValueError, match="order: expected one of"):
+        module.order = "fastest"

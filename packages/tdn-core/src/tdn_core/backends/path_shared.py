@@ -27,23 +27,36 @@ class PathSharedProduct(nn.Module):
         d1, d2, d3 = desc.dims
         M = cg_tensor(desc.lmax_in, desc.lmax_sh, desc.lmax_out, desc.group)
         if desc.mode == "uvu":
-            # [d2, d1*d3]: one GEMM turns y [E, d2] into K [E, d1, d3]
-            mat = M.permute(1, 0, 2).reshape(d2, d1 * d3)
+            mat = unfold_for_precontraction(M)
         else:
             # [d3, d1*d2]: mode-3 unfolding
             mat = M.permute(2, 0, 1).reshape(d3, d1 * d2)
         self.register_buffer("mat", mat.to(dtype=dtype, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        d1, d2, d3 = self.desc.dims
-        E, C = x.shape[0], x.shape[2]
         if self.desc.mode == "uvu":
-            K = (y @ self.mat).view(E, d1, d3)
-            out = torch.bmm(K.transpose(1, 2), x)
-        else:
-            xy = (x.unsqueeze(2) * y.unsqueeze(1)).reshape(E, d1 * d2, C)
-            out = torch.matmul(self.mat, xy)
-        return out * weight.unsqueeze(1)
+            return precontracted_edge_product(x, y, weight, self.mat)
+        (E, d1, C), d2 = x.shape, y.shape[1]
+        xy = (x.unsqueeze(2) * y.unsqueeze(1)).reshape(E, d1 * d2, C)
+        return torch.matmul(self.mat, xy) * weight.unsqueeze(1)
+
+
+def unfold_for_precontraction(M: torch.Tensor) -> torch.Tensor:
+    """M [d1, d2, d3] -> [d2, d1*d3]: one GEMM turns y [E, d2] into K [E, d1, d3]."""
+    d1, d2, d3 = M.shape
+    return M.permute(1, 0, 2).reshape(d2, d1 * d3)
+
+
+def precontracted_edge_product(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, mat: torch.Tensor
+) -> torch.Tensor:
+    """uvu with M precontracted: ``out[e] = w[e] * K[e]^T x[e]``, ``K = y @ mat``.
+
+    Shapes: x [E, d1, C], y [E, d2], weight [E, C], mat [d2, d1*d3] -> [E, d3, C].
+    """
+    E, d1, _ = x.shape
+    K = (y @ mat).view(E, d1, mat.shape[1] // d1)
+    return torch.bmm(K.transpose(1, 2), x) * weight.unsqueeze(1)
 
 
 class PathSharedBackend(Backend):
