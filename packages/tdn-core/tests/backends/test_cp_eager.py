@@ -10,10 +10,14 @@ from tdn_core.backends.cp_eager import CHUNK_ELEMENTS, CPEagerProduct
 from tdn_core.testing import random_inputs
 
 
+def _module(L: int, channels: int) -> CPEagerProduct:
+    desc = TPDescriptor(L, L, L, channels, rank=cp_factors(L, L, L).rank)
+    return CPEagerProduct(desc, torch.float64, torch.device("cpu"))
+
+
 def test_chunk_size_follows_rank_and_channels():
     for L, channels in [(1, 8), (3, 64), (6, 64)]:
-        desc = TPDescriptor(L, L, L, channels, rank=cp_factors(L, L, L).rank)
-        module = CPEagerProduct(desc, torch.float64, torch.device("cpu"))
+        module = _module(L, channels)
         R = module.A.shape[1]
         # the [n, R, C] intermediate of one chunk fits the budget, and one more edge would not
         assert module.chunk * R * channels <= CHUNK_ELEMENTS or module.chunk == 1
@@ -21,8 +25,8 @@ def test_chunk_size_follows_rank_and_channels():
 
 
 def test_chunked_forward_and_backward_match_one_chunk():
-    desc = TPDescriptor(2, 2, 2, 3, rank=cp_factors(2, 2, 2).rank)
-    module = CPEagerProduct(desc, torch.float64, torch.device("cpu"))
+    module = _module(2, 3)
+    desc = module.desc
     module.order = "factored"  # the order that chunks
     g = torch.Generator().manual_seed(0)
     inputs = [t.requires_grad_() for t in random_inputs(desc, 10, generator=g)]
@@ -36,11 +40,6 @@ def test_chunked_forward_and_backward_match_one_chunk():
         results.append((out, *grads))
     for whole, chunked in zip(*results, strict=True):
         torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
-
-
-def _module(L: int, channels: int, dtype=torch.float64) -> CPEagerProduct:
-    desc = TPDescriptor(L, L, L, channels, rank=cp_factors(L, L, L).rank)
-    return CPEagerProduct(desc, dtype, torch.device("cpu"))
 
 
 def test_auto_order_takes_the_one_with_fewer_flops():
