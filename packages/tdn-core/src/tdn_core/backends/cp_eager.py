@@ -145,25 +145,28 @@ class CPEagerProduct(nn.Module):
         if value not in ORDERS:
             raise ValueError(f"order: expected one of {ORDERS}, got {value!r}")
         self._order = value
+        # resolved here, once, not on every forward
+        if self.desc.mode == "uuu":
+            self._runs = "factored"
+        elif value == "auto":
+            dense_cheaper = self.desc.flops("path_shared") < self.desc.flops("cp")
+            self._runs = "dense" if dense_cheaper else "factored"
+        else:
+            self._runs = value
 
     def resolved_order(self) -> str:
         """The order :meth:`forward` runs: ``"factored"`` or ``"dense"``."""
-        if self.desc.mode == "uuu":
-            return "factored"
-        if self._order != "auto":
-            return self._order
-        dense_cheaper = self.desc.flops("path_shared") < self.desc.flops("cp")
-        return "dense" if dense_cheaper else "factored"
+        return self._runs
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self._runs == "dense":
+            return precontracted_edge_product(x, y, weight, self.dense)
         if self.desc.mode == "uuu":
             return _cp_channelwise(x, y, weight, self.A, self.B, self.C)
-        if self.resolved_order() == "dense":
-            return precontracted_edge_product(x, y, weight, self.dense)
         return _CPEdgeProduct.apply(x, y, weight, self.A, self.B, self.C, self.chunk)
 
     def extra_repr(self) -> str:
-        return f"order={self._order!r} (runs {self.resolved_order()!r})"
+        return f"order={self._order!r} (runs {self._runs!r})"
 
 
 class CPEagerBackend(Backend):
