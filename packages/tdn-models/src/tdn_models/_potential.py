@@ -8,6 +8,7 @@ derivative) by autograd, so every model gets them the same way.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -66,6 +67,7 @@ class Potential(nn.Module):
         self.direct_forces = bool(direct_forces)
         self.normalization = Normalization()
         self.config: dict[str, Any] = {}
+        self._compiled = None  # set by compile()
 
     # ------------------------------------------------------------------ subclass API
     def atomic_outputs(self, inputs: GraphInputs) -> tuple[Tensor, Tensor | None]:
@@ -95,6 +97,31 @@ class Potential(nn.Module):
         names = {tp.backend for tp in self.tensor_products()}
         return names.pop() if len(names) == 1 else (None if not names else "mixed")
 
+    # ------------------------------------------------------------------ compile
+    def compile(self, **options: Any) -> Potential:
+        """Compile energy, forces and stress with ``torch.compile``, in place; returns self.
+
+        ``nn.Module.compile`` would compile :meth:`forward`, whose forces need a second
+        backward pass in training, which compiled graphs do not support. This compiles
+        the function from positions to energy *and* its gradients instead (forces and
+        stress by ``torch.func.grad``), so one compiled graph serves inference and
+        training, whose backward pass then differentiates the compiled force computation.
+
+        The graph build (radius graph) stays eager: its size depends on the data. Shapes
+        are dynamic by default (``dynamic=True``): batches of any size reuse one graph.
+        The first call compiles (minutes on a small CPU); later calls run faster, by
+        1.6x for a training step of the default TDN on a 2-core Xeon. Needs a C++
+        compiler on CPU. The setting is not saved in checkpoints.
+
+        Args:
+            **options: passed to ``torch.compile`` (``mode``, ``dynamic``, ``fullgraph``...).
+        """
+        options.setdefault("dynamic", True)
+        self._compiled = torch.compile(
+            partial(_node_energies_and_gradients, functional=True), **options
+        )
+        return self
+
     # ------------------------------------------------------------------ forward
     def forward(self, data: Any, *, forces: bool = True, stress: bool = False) -> dict:
         """Energy, forces and stress of a batch.
@@ -112,69 +139,106 @@ class Potential(nn.Module):
             Outputs keep their autograd graph only when grad is enabled by the caller
             (training); under ``torch.no_grad()`` forces are still computed.
         """
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            return self._forward(data, forces, stress, create_graph, self.dtype)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the parameters (inputs are cast to it)."""
-        return next(p.dtype for p in self.parameters() if p.is_floating_point())
-
-    def _forward(self, data, want_forces, want_stress, create_graph, dtype) -> dict:
+        dtype = self.dtype
         z = data.z.long()
-        pos = data.pos.to(dtype)
+        pos = data.pos.to(dtype).detach()
         n = z.shape[0]
         batch = getattr(data, "batch", None)
         if batch is None:
             batch = torch.zeros(n, dtype=torch.long, device=pos.device)
         num_graphs = int(getattr(data, "num_graphs", 0) or (int(batch.max()) + 1 if n else 0))
         cell = getattr(data, "cell", None)
-        if want_stress and cell is None:
+        if stress and cell is None:
             raise ValueError("stress: needs a periodic cell (data.cell), but the batch has none")
-
-        graph = batch_radius_graph(data, self.cutoff, self.max_neighbors)
-        inputs_needing_grad = []
-        if want_forces and not self.direct_forces:
-            pos = pos.detach().requires_grad_(True)
-            inputs_needing_grad.append(pos)
         if cell is not None:
             cell = cell.to(dtype).reshape(num_graphs, 3, 3)
-        if want_stress:
-            # E(strained) with pos -> pos (1 + eps), cell -> cell (1 + eps): dE/deps = V stress
-            eps = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device)
-            eps.requires_grad_(True)
-            sym = 0.5 * (eps + eps.transpose(1, 2))
-            pos = pos + torch.einsum("ni,nij->nj", pos, sym.index_select(0, batch))
-            cell = cell + cell @ sym
-            inputs_needing_grad.append(eps)
-        edge_vec, edge_len = compute_edge_vectors(
-            pos, graph.edge_index, graph.cell_shifts, cell, graph.edge_graph
-        )
-        inputs = GraphInputs(z, pos, batch, num_graphs, graph.edge_index, edge_vec, edge_len)
-        u, direct = self.atomic_outputs(inputs)
-        node_energy = self.normalization(z, u)
-        energy = torch.zeros(num_graphs, dtype=dtype, device=pos.device)
-        energy = energy.index_add(0, batch, node_energy)
-        out = {"energy": energy, "node_energy": node_energy}
+        eps = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device) if stress else None
 
-        if inputs_needing_grad:
-            grads = torch.autograd.grad(
-                energy.sum(), inputs_needing_grad, create_graph=create_graph, allow_unused=True
-            )
-            grads = [
-                torch.zeros_like(t) if g is None else g
-                for g, t in zip(grads, inputs_needing_grad, strict=True)
-            ]
-            if want_forces and not self.direct_forces:
-                out["forces"] = -grads[0]
-            if want_stress:
-                volume = torch.linalg.det(cell).abs()
-                out["stress"] = grads[-1] / volume.view(-1, 1, 1)
-        if want_forces and self.direct_forces:
+        graph = batch_radius_graph(data, self.cutoff, self.max_neighbors)
+        conservative = forces and not self.direct_forces
+        node_energies_and_gradients = self._compiled or _node_energies_and_gradients
+        node_energy, direct, dpos, deps = node_energies_and_gradients(
+            self, pos, eps, z, batch, num_graphs, graph, cell, conservative
+        )
+        # summed outside the compiled function: inductor's CPU code for a scatter into a
+        # [1] buffer (one graph, whose size dynamo specializes) fails to vectorize
+        energy = torch.zeros(num_graphs, dtype=dtype, device=pos.device)
+        out = {"energy": energy.index_add(0, batch, node_energy), "node_energy": node_energy}
+        if conservative:
+            out["forces"] = -dpos
+        if stress:
+            out["stress"] = deps / torch.linalg.det(cell).abs().view(-1, 1, 1)
+        if forces and self.direct_forces:
             if direct is None:
                 raise RuntimeError(f"{type(self).__name__}: direct_forces set but no force head")
             out["forces"] = direct * self.normalization.scale.to(dtype)
-        if not create_graph:
-            out = {k: v.detach() for k, v in out.items()}
         return out
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the parameters (inputs are cast to it)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+
+def _node_energies_and_gradients(
+    model: Potential,
+    pos: Tensor,
+    eps: Tensor | None,
+    z: Tensor,
+    batch: Tensor,
+    num_graphs: int,
+    graph: Any,
+    cell: Tensor | None,
+    conservative: bool,
+    functional: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Node energies [N] (eV), direct forces [N, 3] (or None), dE/dpos [N, 3] (or
+    None unless ``conservative``) and dE/deps [B, 3, 3] (or None unless a strain ``eps``
+    is given). Outputs keep their graph for a later backward pass exactly when grad mode
+    is on.
+
+    ``functional`` takes the gradients with ``torch.func.grad``, which ``torch.compile``
+    traces (it does not trace ``autograd.grad``); the default ``autograd.grad`` also
+    serves backends built on ``torch.library`` custom ops, which ``torch.func`` refuses.
+    """
+
+    def energy(pos: Tensor, eps: Tensor | None):
+        strained_cell = cell
+        if eps is not None:
+            # E(strained) with pos -> pos (1 + eps), cell -> cell (1 + eps): dE/deps = V stress
+            sym = 0.5 * (eps + eps.transpose(1, 2))
+            pos = pos + torch.einsum("ni,nij->nj", pos, sym.index_select(0, batch))
+            strained_cell = cell + cell @ sym
+        edge_vec, edge_len = compute_edge_vectors(
+            pos, graph.edge_index, graph.cell_shifts, strained_cell, graph.edge_graph
+        )
+        inputs = GraphInputs(z, pos, batch, num_graphs, graph.edge_index, edge_vec, edge_len)
+        u, direct = model.atomic_outputs(inputs)
+        node_energy = model.normalization(z, u)
+        # torch.func's auxiliary outputs must be tensors: no None for a missing head
+        return node_energy.sum(), (node_energy, *([] if direct is None else [direct]))
+
+    inputs = {0: pos, 1: eps}
+    argnums = ((0,) if conservative else ()) + ((1,) if eps is not None else ())
+    if not argnums:
+        (_, aux), grads = energy(pos, eps), {}
+    elif functional:
+        grads, (_, aux) = torch.func.grad_and_value(energy, argnums, has_aux=True)(pos, eps)
+        grads = dict(zip(argnums, grads, strict=True))
+    else:
+        create_graph = torch.is_grad_enabled()
+        for i in argnums:
+            inputs[i] = inputs[i].detach().requires_grad_(True)
+        with torch.enable_grad():
+            e, aux = energy(inputs[0], inputs[1])
+            found = torch.autograd.grad(
+                e, [inputs[i] for i in argnums], create_graph=create_graph, allow_unused=True
+            )
+        grads = {
+            i: torch.zeros_like(inputs[i]) if g is None else g
+            for i, g in zip(argnums, found, strict=True)
+        }
+        if not create_graph:
+            aux = [t.detach() for t in aux]
+    node_energy, direct = (*aux, None)[:2]
+    return node_energy, direct, grads.get(0), grads.get(1)
