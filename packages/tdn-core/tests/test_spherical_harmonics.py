@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tdn_core import spherical_harmonics
+from tdn_core import SphericalHarmonics, spherical_harmonics
 from tdn_core.testing import random_rotation, wigner_D
 
 
@@ -40,3 +40,15 @@ def test_bad_input():
         spherical_harmonics(2, torch.zeros(4, 2))
     with pytest.raises(ValueError, match="lmax: expected a non-negative int"):
         spherical_harmonics(-1, torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_module_equals_the_function(dtype):
+    """Same values in either dtype, constants that follow .to(), and no state to save."""
+    vec = torch.randn(40, 3, dtype=dtype)
+    module = SphericalHarmonics(4).to(dtype)
+    assert module.coupling_4.dtype == dtype
+    torch.testing.assert_close(module(vec), spherical_harmonics(4, vec), rtol=0, atol=0)
+    assert module.state_dict() == {}
+    with pytest.raises(ValueError, match="lmax: expected a non-negative int"):
+        SphericalHarmonics(-1)

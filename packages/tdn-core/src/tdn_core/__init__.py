@@ -10,7 +10,7 @@ torch.Size([5, 9, 8])
 from ._cg import cg_block, cg_tensor
 from ._errors import BackendUnavailable, FactorFileError, TDNError, UnsupportedDescriptor
 from ._factors import CPFactors, cp_factors, resolve_rank
-from ._spherical_harmonics import spherical_harmonics
+from ._spherical_harmonics import SphericalHarmonics, spherical_harmonics
 from ._tensor_product import TensorProduct
 from .backends import Backend, available_backends, get_backend, register_backend
 from .conventions import dim, paths
@@ -23,6 +23,7 @@ __all__ = [
     "BackendUnavailable",
     "CPFactors",
     "FactorFileError",
+    "SphericalHarmonics",
     "TDNError",
     "TPDescriptor",
     "TensorProduct",

@@ -59,9 +59,39 @@ def spherical_harmonics(lmax: int, vec: torch.Tensor, eps: float = 0.0) -> torch
     Returns:
         ``[..., (L+1)^2]`` in vec's dtype and device, ordered l = 0..L, m = -l..l:
         equal to ``e3nn.o3.spherical_harmonics(range(L+1), vec, True, "component")``.
-        Differentiable to any order.
+        Differentiable to any order. Inside ``torch.compile`` use
+        :class:`SphericalHarmonics`, which holds its constants as buffers.
     """
     check_lmax(lmax=lmax)
+    couplings = [_coupling_matrix(l, vec.dtype, vec.device) for l in range(2, lmax + 1)]
+    return _harmonics(lmax, vec, couplings, eps)
+
+
+class SphericalHarmonics(torch.nn.Module):
+    """:func:`spherical_harmonics` as a module: ``forward(vec [..., 3]) -> [..., (L+1)^2]``.
+
+    The coupling matrices are (non-persistent) buffers, so they follow ``.to()`` and
+    ``torch.compile`` sees tensors instead of tracing the numpy code that builds them
+    (which would break its graph). The state dict holds nothing.
+    """
+
+    def __init__(self, lmax: int, eps: float = 0.0) -> None:
+        super().__init__()
+        check_lmax(lmax=lmax)
+        self.lmax, self.eps = lmax, float(eps)
+        for l in range(2, lmax + 1):
+            matrix = torch.from_numpy(_coupling(l).reshape(-1, 2 * l + 1).copy())
+            self.register_buffer(f"coupling_{l}", matrix, persistent=False)
+
+    def forward(self, vec: torch.Tensor) -> torch.Tensor:
+        couplings = [getattr(self, f"coupling_{l}").to(vec.dtype) for l in range(2, self.lmax + 1)]
+        return _harmonics(self.lmax, vec, couplings, self.eps)
+
+
+def _harmonics(
+    lmax: int, vec: torch.Tensor, couplings: list[torch.Tensor], eps: float
+) -> torch.Tensor:
+    """The recursion, with ``couplings[l - 2]`` the [(2l-1) * 3, 2l+1] coupling matrix."""
     if vec.shape[-1:] != (3,):
         raise ValueError(f"vec: expected shape [..., 3], got {list(vec.shape)}")
     unit = vec / (vec.norm(dim=-1, keepdim=True) + eps)
@@ -70,9 +100,9 @@ def spherical_harmonics(lmax: int, vec: torch.Tensor, eps: float = 0.0) -> torch
     if lmax >= 1:
         out.append(y1)
     y = y1
-    for l in range(2, lmax + 1):
+    for coupling in couplings:
         # [..., 2l-1] x [..., 3] -> [..., 2l+1]: one small matmul on the outer product
         outer = (y.unsqueeze(-1) * y1.unsqueeze(-2)).flatten(-2)
-        y = outer @ _coupling_matrix(l, vec.dtype, vec.device)
+        y = outer @ coupling
         out.append(y)
     return torch.cat(out, dim=-1)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tdn_core import TensorProduct, spherical_harmonics
+from tdn_core import SphericalHarmonics, TensorProduct
 
 from ._layers import EquivariantLayerNorm, EquivariantLinear, Gate, ScalarMLP
 from ._normalization import Z_MAX
@@ -173,6 +173,7 @@ class TDN(Potential):
         self.lmax = lmax
         self.avg_neighbors = float(avg_neighbors)
         radial_sizes = [num_basis, radial_hidden, radial_hidden]
+        self.spherical_harmonics = SphericalHarmonics(lmax)
         self.basis = GaussianBasis(num_basis, cutoff)
         self.envelope = PolynomialEnvelope(cutoff)
         self.embedding = nn.Embedding(Z_MAX + 1, channels)
@@ -193,7 +194,7 @@ class TDN(Potential):
     def atomic_outputs(self, inputs: GraphInputs) -> tuple[Tensor, Tensor | None]:
         src, dst = inputs.edge_index
         n = inputs.z.shape[0]
-        sh = spherical_harmonics(self.lmax, inputs.edge_vec)
+        sh = self.spherical_harmonics(inputs.edge_vec)
         radial = self.basis(inputs.edge_len)
         envelope = self.envelope(inputs.edge_len)
 
