@@ -79,6 +79,27 @@ def test_bench_model(capsys, tmp_path):
     assert all(r["train_atoms_per_s"] > 0 for r in rows)
 
 
+@pytest.mark.slow
+def test_bench_model_compiled_rows(monkeypatch, capsys, tmp_path):
+    """--compile adds a compiled row next to each eager one, with its compile time."""
+    from functools import partial
+
+    from tdn_cli import _bench_model
+    from tdn_models import TDN
+
+    # a small network: the default one takes minutes to compile on this CPU
+    tiny = partial(TDN, channels=8, layers=1, heads=2, num_basis=8, radial_hidden=8)
+    monkeypatch.setattr(_bench_model, "TDN", tiny)
+    js = tmp_path / "model.json"
+    code = main(["bench", "--model", "--backend", "cp_eager", "--lmax", "1", "--molecules",
+                 "2", "--repeats", "1", "--compile", "--json", str(js)])  # fmt: skip
+    assert code == 0
+    assert "cp_eager (compiled)" in capsys.readouterr().out
+    rows = [r for r in json.loads(js.read_text())["results"] if r["backend"] == "cp_eager"]
+    assert [r["compiled"] for r in rows] == [False, True]
+    assert rows[0]["compile_s"] is None and rows[1]["compile_s"] > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
 def test_cp_triton_on_cpu_checks_correctness_in_the_interpreter(tmp_path, tdn_script):
     pytest.importorskip("triton")

@@ -9,6 +9,8 @@ cutoff, 128 Gaussians, forces as -dE/dpos): the reference implementation's setti
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch_geometric.data import Batch
 
@@ -33,14 +35,27 @@ def reference_batch(n_molecules: int = 16) -> tuple[object, Batch]:
 
 
 def bench_model(
-    backend: str, L: int, batch: Batch, normalization_source, repeats: int, device: torch.device
+    backend: str,
+    L: int,
+    batch: Batch,
+    normalization_source,
+    repeats: int,
+    device: torch.device,
+    compile: bool = False,
 ) -> dict:
     """Medians (ms) of an Adam training step (energy+force loss, forces by autograd with
-    the graph kept) and of inference (energy and forces), with atoms per second."""
+    the graph kept) and of inference (energy and forces), with atoms per second.
+    ``compile``: time ``model.compile()``'s graphs; ``compile_s`` is the time of the
+    first training step and inference together, which compile them."""
     torch.manual_seed(0)
     model = TDN(lmax=L, backend=backend)
     model.normalization.fit(normalization_source)
     model.to(device)
+    if compile:
+        # dynamo keeps at most 8 compiled variants of one function per process (every
+        # model and grad mode is one); past that it runs eager: start afresh per case
+        torch._dynamo.reset()
+        model.compile()
     batch = batch.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -56,7 +71,11 @@ def bench_model(
         with torch.no_grad():
             model(batch)
 
-    probe = median_ms(train_step, 1, warmup=1, device=device)
+    start = time.perf_counter()
+    train_step()
+    inference()
+    compile_s = time.perf_counter() - start if compile else None
+    probe = median_ms(train_step, 1, warmup=0, device=device)
     # few repeats for slow backends: the run time is bounded by the slowest, not the count
     reps = max(1, min(repeats, int(30_000 / max(probe, 1e-3))))
     train_ms = median_ms(train_step, reps, warmup=1, device=device)
@@ -64,6 +83,8 @@ def bench_model(
     atoms = batch.num_nodes
     return {
         "backend": backend,
+        "compiled": compile,
+        "compile_s": compile_s,
         "L": L,
         "train_step_ms": train_ms,
         "inference_ms": infer_ms,

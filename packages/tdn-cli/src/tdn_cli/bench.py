@@ -40,6 +40,7 @@ EXAMPLES = """Examples:
   tdn bench --backend all --lmax 1 2 --edges 1000 --json tp.json --plot tp.png
   tdn bench --backend cp_triton --device cuda --dtype float16
   tdn bench --model --backend cp_eager --lmax 1 2    # training step and inference
+  tdn bench --model --backend cp_eager --lmax 1 --compile  # eager and torch.compile
 """
 
 
@@ -72,6 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=7, help="timed calls (median) per case")
     p.add_argument("--model", action="store_true", help="benchmark the full TDN network")
     p.add_argument("--molecules", type=int, default=16, help="--model: molecules per batch")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="--model: also time each backend under TDN.compile() (minutes to compile)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="also draw time against L (log-log)")
 
@@ -284,13 +290,17 @@ def _machine(device: torch.device, gflops: float) -> dict:
     }
 
 
+def _model_label(row: dict) -> str:
+    return f"{row['backend']} (compiled)" if row.get("compiled") else row["backend"]
+
+
 def _plot(path: str, rows: list[dict], key: str, ylabel: str, title: str) -> None:
     from ._plots import loglog_lines
 
     series: dict[str, tuple[list, list]] = {}
     for r in rows:
         if r.get(key) is not None:
-            xs, ys = series.setdefault(r["backend"], ([], []))
+            xs, ys = series.setdefault(_model_label(r), ([], []))
             xs.append(r["L"])
             ys.append(r[key])
     loglog_lines(path, series, xlabel="L (lmax)", ylabel=ylabel, title=title)
@@ -399,16 +409,19 @@ def _run_model(args: argparse.Namespace, backends: list[str], device: torch.devi
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         flush=True,
     )
-    head = f"{'L':>2} {'backend':<12} {'train ms':>10} {'infer ms':>10} {'train atoms/s':>14}"
+    head = f"{'L':>2} {'backend':<22} {'train ms':>10} {'infer ms':>10} {'train atoms/s':>14}"
     head += f" {'infer atoms/s':>14}"
     print(head)
     rows = []
-    cases = [(L, b) for L in (args.lmax or DEFAULT_MODEL_LMAX) for b in backends]
-    for L, backend in progress(cases, "bench --model"):
-        r = bench_model(backend, L, batch, source, args.repeats, device)
+    compiled = (False, True) if args.compile else (False,)
+    cases = [
+        (L, b, c) for L in (args.lmax or DEFAULT_MODEL_LMAX) for b in backends for c in compiled
+    ]
+    for L, backend, compile in progress(cases, "bench --model"):
+        r = bench_model(backend, L, batch, source, args.repeats, device, compile)
         rows.append(r)
         print(
-            f"{L:>2} {backend:<12} {r['train_step_ms']:>10.1f} {r['inference_ms']:>10.1f} "
+            f"{L:>2} {_model_label(r):<22} {r['train_step_ms']:>10.1f} {r['inference_ms']:>10.1f} "
             f"{r['train_atoms_per_s']:>14.0f} {r['inference_atoms_per_s']:>14.0f}",
             flush=True,
         )

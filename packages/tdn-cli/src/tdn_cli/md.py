@@ -44,6 +44,11 @@ def _common(p: Parser) -> None:
         default="float64",
         help="model dtype (float64 keeps energy and forces consistent)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: the first step compiles for minutes, later ones run faster",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,7 +90,7 @@ def _atoms(args: argparse.Namespace):
         raise UserError(f"--index: {args.index!r} selects several frames; give one")
     checkpoint = existing_file(args.checkpoint, "CHECKPOINT")
     dtype = getattr(torch, args.dtype)
-    atoms.calc = TDNCalculator(checkpoint, backend=args.backend, device=args.device, dtype=dtype)
+    atoms.calc = TDNCalculator(checkpoint, args.backend, args.device, dtype, compile=args.compile)
     return atoms
 
 

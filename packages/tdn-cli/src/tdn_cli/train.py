@@ -343,6 +343,8 @@ def _setup_and_fit(cfg, dist: Distributed, overrides, out_dir: Path, ckpt, claim
             "backend cannot apply; drop the backend= override"
         )
     model.to(device=dist.device, dtype=getattr(torch, tcfg.dtype))
+    if bool(tcfg.compile):
+        model.compile()
     if bool(cfg.resume):
         if ckpt is None:  # the other ranks read what rank 0 checked
             ckpt = read_checkpoint(out_dir / "checkpoints" / "last.pt")
@@ -365,7 +367,8 @@ def _setup_and_fit(cfg, dist: Distributed, overrides, out_dir: Path, ckpt, claim
     n_params = sum(p.numel() for p in model.parameters())
     _log(
         dist,
-        f"{out_dir}: {cfg.model.name} ({n_params} parameters, backend {model.backend}), "
+        f"{out_dir}: {cfg.model.name} ({n_params} parameters, backend {model.backend}"
+        f"{'; compiled: the first step compiles' if tcfg.compile else ''}), "
         f"{len(train_set)} train / {len(val_set)} val snapshots, {trainer.steps_per_epoch} "
         f"steps x {tcfg.max_epochs} epochs, {dist.device}, {dist.world} process(es)",
     )

@@ -19,6 +19,9 @@ from tdn_data.graphs import batch_radius_graph, compute_edge_vectors
 
 from ._normalization import Normalization
 
+#: backends whose products are torch.library custom ops: no torch.func transforms
+_CUSTOM_OP_BACKENDS = frozenset({"cp_triton"})
+
 
 class GraphInputs(NamedTuple):
     """What a model sees. N atoms, E edges, B graphs.
@@ -87,9 +90,21 @@ class Potential(nn.Module):
                 f"backend: {type(self).__name__} has no tdn-core tensor products, so "
                 f"backend {name!r} cannot apply"
             )
+        if self._compiled is not None:
+            self._check_traceable({name})
         for tp in tps:
             tp.set_backend(name)
         return self
+
+    @staticmethod
+    def _check_traceable(backends: set[str]) -> None:
+        refused = sorted(backends & _CUSTOM_OP_BACKENDS)
+        if refused:
+            raise ValueError(
+                f"backend: {refused[0]!r} runs on torch.library custom ops, which the compiled "
+                "path (torch.func.grad) cannot differentiate; compile a model on cp_eager "
+                "or path_shared, or run this one uncompiled"
+            )
 
     @property
     def backend(self) -> str | None:
@@ -101,21 +116,29 @@ class Potential(nn.Module):
     def compile(self, **options: Any) -> Potential:
         """Compile energy, forces and stress with ``torch.compile``, in place; returns self.
 
-        ``nn.Module.compile`` would compile :meth:`forward`, whose forces need a second
-        backward pass in training, which compiled graphs do not support. This compiles
-        the function from positions to energy *and* its gradients instead (forces and
-        stress by ``torch.func.grad``), so one compiled graph serves inference and
-        training, whose backward pass then differentiates the compiled force computation.
+        ``nn.Module.compile`` would compile :meth:`forward`, whose force loss needs a
+        second backward pass in training, which compiled graphs do not support. This
+        compiles the function from positions to the energy *and* its gradients instead
+        (forces and stress by ``torch.func.grad``): in training, the backward pass then
+        differentiates the compiled force computation. Grad mode and no-grad mode
+        (inference) compile one graph each, on their first call.
 
         The graph build (radius graph) stays eager: its size depends on the data. Shapes
-        are dynamic by default (``dynamic=True``): batches of any size reuse one graph.
-        The first call compiles (minutes on a small CPU); later calls run faster, by
-        1.6x for a training step of the default TDN on a 2-core Xeon. Needs a C++
-        compiler on CPU. The setting is not saved in checkpoints.
+        are dynamic by default (``dynamic=True``): batches of any size reuse the graph.
+        The first call compiles (minutes on a small CPU); later calls run faster (see the
+        README's speed tables). Needs a C++ compiler on CPU. Backends built on
+        ``torch.library`` custom ops (``cp_triton``) cannot run inside ``torch.func``
+        and are refused. The setting is not saved in checkpoints.
+
+        Every compiled model and grad mode is one entry of dynamo's cache for the
+        compiled function, shared by all models of a process; past
+        ``torch._dynamo.config.recompile_limit`` entries (8) it runs eager. Comparing
+        many models in one process, call ``torch._dynamo.reset()`` between them.
 
         Args:
             **options: passed to ``torch.compile`` (``mode``, ``dynamic``, ``fullgraph``...).
         """
+        self._check_traceable({tp.backend for tp in self.tensor_products()})
         options.setdefault("dynamic", True)
         self._compiled = torch.compile(
             partial(_node_energies_and_gradients, functional=True), **options

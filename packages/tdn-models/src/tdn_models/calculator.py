@@ -47,6 +47,9 @@ class TDNCalculator(Calculator):
             finite-difference checks fail and NVE energy drifts visibly. On the CPU the
             float64 penalty is small for molecule-sized systems; pass ``torch.float32``
             for speed on large systems / GPUs.
+        compile: run the model under :meth:`Potential.compile` (``torch.compile``): the
+            first calculation compiles (minutes on a small CPU), later ones run faster;
+            worth it for long MD runs.
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator` (``label``,
             ``directory``...).
 
@@ -64,6 +67,7 @@ class TDNCalculator(Calculator):
         backend: str | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float64,
+        compile: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -88,6 +92,8 @@ class TDNCalculator(Calculator):
                 f"{type(model).__name__}"
             )
         self.model = model.eval()
+        if compile:
+            self.model.compile()
 
     def _data(self, atoms: Atoms) -> Data:
         """One graph from ``atoms``: z [N], pos [N, 3] Å, and cell [1, 3, 3] Å / pbc [1, 3]
