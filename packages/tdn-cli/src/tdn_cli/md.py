@@ -90,7 +90,9 @@ def _atoms(args: argparse.Namespace):
         raise UserError(f"--index: {args.index!r} selects several frames; give one")
     checkpoint = existing_file(args.checkpoint, "CHECKPOINT")
     dtype = getattr(torch, args.dtype)
-    atoms.calc = TDNCalculator(checkpoint, args.backend, args.device, dtype, compile=args.compile)
+    atoms.calc = TDNCalculator(
+        checkpoint, backend=args.backend, device=args.device, dtype=dtype, compile=args.compile
+    )
     return atoms
 
 

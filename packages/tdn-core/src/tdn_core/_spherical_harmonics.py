@@ -80,7 +80,7 @@ class SphericalHarmonics(torch.nn.Module):
         check_lmax(lmax=lmax)
         self.lmax, self.eps = lmax, float(eps)
         for l in range(2, lmax + 1):
-            matrix = torch.from_numpy(_coupling(l).reshape(-1, 2 * l + 1).copy())
+            matrix = _coupling_matrix(l, torch.float64, torch.device("cpu"))
             self.register_buffer(f"coupling_{l}", matrix, persistent=False)
 
     def forward(self, vec: torch.Tensor) -> torch.Tensor:
