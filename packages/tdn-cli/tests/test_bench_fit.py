@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -38,6 +39,20 @@ def test_bench_table_json_and_plot(capsys, tmp_path):
     assert cp["output_rel_error"] == pytest.approx(cp["rel_error"], rel=1.0)
     assert rows[("path_shared", 1)]["output_rel_error"] < 1e-12
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="cp_eager's CPU kernel needs c++")
+def test_bench_times_the_cpu_kernel_against_the_pytorch_ops(capsys, tmp_path):
+    js = tmp_path / "tp.json"
+    args = ["--lmax", "1", "--edges", "32", "--channels", "16", "--repeats", "1"]
+    assert main(["bench", "--backend", "cp_eager", *args, "--json", str(js)]) == 0
+    assert "ops rate" in capsys.readouterr().out
+    (cp,) = [r for r in json.loads(js.read_text())["results"] if r["backend"] == "cp_eager"]
+    # the default order is dense here: the kernel and the ops run the factored one
+    assert cp["order"] == "dense" and cp["cpu_kernel"] is True
+    achieved = cp["cp_gflop"] / (cp["factored_ops_forward_ms"] * 1e-3)
+    assert cp["ops_fraction_of_matmul_rate"] == pytest.approx(achieved / cp["matmul_gflops"])
+    assert cp["factored_forward_ms"] != cp["factored_ops_forward_ms"]
 
 
 def test_interleaved_medians_call_in_turn():
