@@ -30,8 +30,9 @@ and cache, and edges split over threads. As PyTorch ops it is a loop of small pe
 GEMMs that MKL runs one call at a time; on the 2-core AMD EPYC (Zen 5) dev VM the
 fused forward reached 74%, 156%, 177%, 153% of MKL's square-matmul rate at L = 3..6
 against 40-74% for the ops (``benchmarks/results/cp_cpu_kernel_2026-12-02.json``).
-Its backward is the one above. Without a compiler, with ``TDN_CPU_KERNEL=0`` or with ``cpu_kernel = False``
-the forward stays in PyTorch ops; both give the same result up to float32 rounding.
+Its backward is the one above. Without a compiler, with ``TDN_CPU_KERNEL=0`` or with
+``cpu_kernel = False`` the forward stays in PyTorch ops; both give the same result up
+to float32 rounding.
 
 Contraction order (uvu). The same rank-R function can be evaluated in two orders:
 ``"factored"`` above, 2E(d2 R + C R (d1 + d3 + 1)) FLOPs, or ``"dense"``: rebuild
