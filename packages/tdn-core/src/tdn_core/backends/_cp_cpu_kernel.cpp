@@ -9,8 +9,9 @@
 // the cache between the two products and edges split over threads.
 //
 // Plain C ABI (loaded with ctypes, which releases the GIL); channels % LANES == 0
-// (tdn_cp_kernel_lanes()). Built with -O3 -march=native by _cp_cpu_kernel.py, in GCC's
-// vector extension, which maps onto AVX-512, AVX2 or NEON registers.
+// (_cp_cpu_kernel.py asks for a multiple of 16, every build's LANES). Built with -O3
+// -march=native by _cp_cpu_kernel.py, in GCC's vector extension, which maps onto
+// AVX-512, AVX2 or NEON registers.
 
 #include <algorithm>
 #include <cstdint>
@@ -153,7 +154,5 @@ void tdn_cp_uvu_forward_f32(const float* x, const float* v, const float* w,
   edges(p, 0, std::min(E, per));
   for (auto& th : pool) th.join();
 }
-
-int tdn_cp_kernel_lanes() { return LANES; }
 
 }  // extern "C"

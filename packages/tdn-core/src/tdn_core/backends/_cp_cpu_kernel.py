@@ -91,17 +91,22 @@ def _load():
         return None, f"no C++ compiler ({os.environ.get('CXX', 'c++')} not on PATH)"
     target = library_path(cxx)
     try:
-        try:
-            fn = getattr(ctypes.CDLL(str(target)), _SYMBOL)
-        except (OSError, AttributeError):  # not built yet, or a damaged file: rebuild
-            log.info("building cp_eager's CPU kernel into %s", target)
-            _build(cxx, target)
-            fn = getattr(ctypes.CDLL(str(target)), _SYMBOL)
+        return _open(target), None
+    except (OSError, AttributeError):  # not built yet, or a damaged file: rebuild
+        pass
+    try:
+        log.info("building cp_eager's CPU kernel into %s", target)
+        _build(cxx, target)
+        return _open(target), None
     except (OSError, RuntimeError, AttributeError) as err:
         return None, f"could not build or load {target.name}: {err}"
+
+
+def _open(library: Path):
+    fn = getattr(ctypes.CDLL(str(library)), _SYMBOL)
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6
-    return fn, None
+    return fn
 
 
 def load():

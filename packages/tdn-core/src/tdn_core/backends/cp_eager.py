@@ -66,12 +66,13 @@ CHUNK_ELEMENTS = 2**18
 
 
 class _CPEdgeProduct(torch.autograd.Function):
-    """out [E, d3, C] from x [E, d1, C], y [E, d2], w [E, C]; A [d1, R], B [d2, R], C [d3, R]."""
+    """out [E, d3, C] from x [E, d1, C], y [E, d2], w [E, C]; A [d1, R], B [d2, R], C [d3, R].
+    ``fused``: the forward runs the CPU kernel (which must support the inputs)."""
 
     @staticmethod
-    def forward(x, y, w, A, B, C, chunk, cpu_kernel):
+    def forward(x, y, w, A, B, C, chunk, fused):
         v = y @ B  # [E, R]
-        if cpu_kernel and _cp_cpu_kernel.supports(x):
+        if fused:  # CPEagerProduct.uses_cpu_kernel decided
             return _cp_cpu_kernel.forward(x, v, w, A, C)
         E, _, channels = x.shape
         out = x.new_empty(E, C.shape[0], channels)
@@ -185,9 +186,8 @@ class CPEagerProduct(nn.Module):
             return precontracted_edge_product(x, y, weight, self.dense)
         if self.desc.mode == "uuu":
             return _cp_channelwise(x, y, weight, self.A, self.B, self.C)
-        return _CPEdgeProduct.apply(
-            x, y, weight, self.A, self.B, self.C, self.chunk, self.cpu_kernel
-        )
+        fused = self.uses_cpu_kernel(x)
+        return _CPEdgeProduct.apply(x, y, weight, self.A, self.B, self.C, self.chunk, fused)
 
     def extra_repr(self) -> str:
         return f"order={self._order!r} (runs {self._runs!r}), cpu_kernel={self.cpu_kernel}"
