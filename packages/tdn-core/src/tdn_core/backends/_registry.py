@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "tdn.backends"
 BUILTIN: dict[str, str] = {
     "cg": "tdn_core.backends.cg:CGBackend",
     "path_shared": "tdn_core.backends.path_shared:PathSharedBackend",
+    "sparse": "tdn_core.backends.sparse:SparseBackend",
     "cp_eager": "tdn_core.backends.cp_eager:CPEagerBackend",
     "cp_triton": "tdn_core.backends.cp_triton:CPTritonBackend",
     "e3nn": "tdn_core.backends.e3nn_peer:E3nnBackend",

@@ -24,7 +24,7 @@ T0_e = C^T g_e [R, C], K_e = A diag(v_e) C^T:
 The ``uuu`` mode (y has channels, so v cannot be folded) is plain autograd code.
 
 Fused CPU forward. On the CPU in float32 (channels a multiple of 16, outside
-torch.compile) the factored uvu forward runs a fused C++ kernel (``_cp_cpu_kernel``),
+torch.compile) the factored uvu forward runs a fused C++ kernel (``_cpu_kernels``),
 built on first use with the system compiler: per edge, u_e and o_e stay in registers
 and cache, and edges split over threads. As PyTorch ops it is a loop of small per-edge
 GEMMs that MKL runs one call at a time; on the 2-core AMD EPYC (Zen 5) dev VM the
@@ -52,7 +52,7 @@ from torch import nn
 
 from .._factors import cp_factors
 from ..descriptors import TPDescriptor
-from . import _cp_cpu_kernel
+from . import _cpu_kernels
 from ._base import Backend
 from .path_shared import precontracted_edge_product, unfold_for_precontraction
 
@@ -73,7 +73,7 @@ class _CPEdgeProduct(torch.autograd.Function):
     def forward(x, y, w, A, B, C, chunk, fused):
         v = y @ B  # [E, R]
         if fused:  # CPEagerProduct.uses_cpu_kernel decided
-            return _cp_cpu_kernel.forward(x, v, w, A, C)
+            return _cpu_kernels.cp_uvu_forward(x, v, w, A, C)
         E, _, channels = x.shape
         out = x.new_empty(E, C.shape[0], channels)
         At = A.t()
@@ -179,7 +179,7 @@ class CPEagerProduct(nn.Module):
     def uses_cpu_kernel(self, x: torch.Tensor) -> bool:
         """Whether the factored order's forward on ``x`` runs the fused CPU kernel (module
         docstring); the dense order never does."""
-        return self.cpu_kernel and self.desc.mode == "uvu" and _cp_cpu_kernel.supports(x)
+        return self.cpu_kernel and self.desc.mode == "uvu" and _cpu_kernels.supports(x)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self._runs == "dense":
