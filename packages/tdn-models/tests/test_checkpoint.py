@@ -217,3 +217,32 @@ def test_save_rejects_objects_that_cannot_load_safely(tmp_path, model):
         save_checkpoint(tmp_path / "m.pt", torch.nn.Linear(2, 2))
     with pytest.raises(FileNotFoundError, match="directory"):
         save_checkpoint(tmp_path / "nodir" / "m.pt", model)
+
+
+def test_auto_backend_is_chosen_again_on_load(tmp_path, samples, monkeypatch):
+    """A model built with backend="auto" stores "auto" and its policy; loading picks the
+    fastest backend of the machine it is loaded on (timings faked here)."""
+    from tdn_core import _autotune
+
+    monkeypatch.setenv("TDN_CACHE_DIR", str(tmp_path / "cache"))
+    fastest = {"first": "sparse"}
+    monkeypatch.setattr(
+        _autotune,
+        "measure",
+        lambda desc, dtype, device, names, best=None: {
+            n: 1.0 if n == fastest["first"] else 2.0 for n in names
+        },
+    )
+    model = TDN(lmax=1, channels=8, layers=1, num_basis=8, radial_hidden=8, backend="auto")
+    assert model.backend == "sparse"
+    path = save_checkpoint(tmp_path / "auto.pt", model)
+    fastest["first"] = "path_shared"
+    monkeypatch.setattr(_autotune, "machine_fingerprint", lambda device: "another machine")
+    loaded, info = load_checkpoint(path)
+    assert info["config"]["backend"] == "auto"
+    assert info["config"]["backend_policy"] is None
+    assert loaded.backend == "path_shared"
+    batch = Batch.from_data_list(samples[:2])
+    torch.testing.assert_close(loaded(batch)["energy"], model(batch)["energy"])
+    pinned, _ = load_checkpoint(path, backend="cg")
+    assert pinned.backend == "cg"

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -109,6 +110,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> None:

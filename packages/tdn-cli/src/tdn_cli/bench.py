@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 
@@ -22,7 +21,14 @@ from tdn_core.testing import equivariance_error, random_inputs, random_rotation
 
 from ._errors import UserError
 from ._timing import interleaved_medians_ms, median_ms
-from ._util import add_command, parse_rank, progress, switch_on_triton_interpreter, write_json
+from ._util import (
+    add_command,
+    cpu_name,
+    parse_rank,
+    progress,
+    switch_on_triton_interpreter,
+    write_json,
+)
 
 PEERS = ("path_shared", "e3nn", "cueq")
 #: --model compares the network against its exact twins (e3nn/cueq run only if asked)
@@ -296,7 +302,7 @@ def format_table(rows: list[dict], peers: list[str]) -> str:
 
 def _machine(device: torch.device, gflops: float) -> dict:
     return {
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_name(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
@@ -442,7 +448,7 @@ def _run_model(args: argparse.Namespace, backends: list[str], device: torch.devi
         )
     if args.json:
         meta = {
-            "machine": platform.processor() or platform.machine(),
+            "machine": cpu_name(),
             "device": str(device),
             "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(),

@@ -7,6 +7,7 @@
 torch.Size([5, 9, 8])
 """
 
+from ._autotune import AutoPolicy
 from ._cg import cg_block, cg_tensor
 from ._errors import BackendUnavailable, FactorFileError, TDNError, UnsupportedDescriptor
 from ._factors import CPFactors, cp_factors, resolve_rank
@@ -19,6 +20,7 @@ from .descriptors import TPDescriptor
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoPolicy",
     "Backend",
     "BackendUnavailable",
     "CPFactors",

@@ -7,6 +7,7 @@ import logging
 import torch
 from torch import nn
 
+from ._autotune import AutoPolicy, select_backend
 from ._errors import UnsupportedDescriptor
 from ._factors import CPFactors, cp_factors, resolve_rank
 from .backends._registry import get_backend
@@ -26,7 +27,9 @@ class TensorProduct(nn.Module):
     Args:
         lmax_in, lmax_sh, lmax_out: largest degree of x, y and out.
         channels: C, channels of x and out.
-        backend: a registered backend name (see :func:`available_backends`).
+        backend: a registered backend name (see :func:`available_backends`), or
+            ``"auto"``: the fastest one the ``policy`` allows, timed here on first use
+            and cached per machine (``tdn_core._autotune``); ``backend`` then names it.
         mode: ``"uvu"`` (y is single-channel [E, d2]) or ``"uuu"`` (y is [E, d2, C]).
         rank: CP rank: ``"linear"`` (7L), ``"quadratic"`` (7L^2), ``"full"`` or an int.
         tol: instead of ``rank``, the smallest rank whose relative error is <= tol.
@@ -34,6 +37,9 @@ class TensorProduct(nn.Module):
         path_weights: ``"shared"`` (one weight for all paths) or ``"per_path"``.
         internal_weights: own the weight as a Parameter ([C] or [P, C]) instead of
             taking it as a forward argument.
+        policy: with ``backend="auto"``, an :class:`AutoPolicy` or a dict of its fields:
+            ``{"exact": True}`` (default: exact backends only) or
+            ``{"exact": False, "max_bound": 0.05}`` (also CP with bound <= 0.05).
 
     Shapes: x [E, d1, C], y [E, d2] or [E, d2, C], weight [E, C] or [E, P, C]
     -> out [E, d3, C], with d = (lmax + 1)^2.
@@ -56,6 +62,7 @@ class TensorProduct(nn.Module):
         group: str = "SO3",
         path_weights: str = "shared",
         internal_weights: bool = False,
+        policy: AutoPolicy | dict | None = None,
     ) -> None:
         super().__init__()
         desc = TPDescriptor(lmax_in, lmax_sh, lmax_out, channels, mode, group, path_weights)
@@ -74,8 +81,9 @@ class TensorProduct(nn.Module):
         else:
             self.register_parameter("weight", None)
         self.backend = ""
+        self.requested_backend = ""
         self.executor: nn.Module = nn.Identity()
-        self.set_backend(backend)
+        self.set_backend(backend, policy)
 
     @property
     def factors(self) -> CPFactors | None:
@@ -85,8 +93,24 @@ class TensorProduct(nn.Module):
         d = self.descriptor
         return self._factors or cp_factors(d.lmax_in, d.lmax_sh, d.lmax_out, d.rank, d.group)
 
-    def set_backend(self, name: str) -> TensorProduct:
-        """Switch to backend ``name``, keeping weights, dtype and device. Returns self."""
+    def set_backend(self, name: str, policy: AutoPolicy | dict | None = None) -> TensorProduct:
+        """Switch to backend ``name`` (or ``"auto"`` under ``policy``), keeping weights,
+        dtype and device. Returns self."""
+        if name == "auto":
+            self.policy = AutoPolicy.coerce(policy)
+            chosen = select_backend(
+                self.descriptor, self._placement.dtype, self._placement.device, self.policy
+            )
+            self._build(chosen)
+            self.requested_backend = "auto"
+            return self
+        if policy is not None:
+            raise ValueError(f"policy: only applies with backend='auto', not {name!r}")
+        self._build(name)
+        self.requested_backend = self.backend
+        return self
+
+    def _build(self, name: str) -> None:
         cls = get_backend(name)
         reason = cls.check(self.descriptor) or cls.check_placement(
             self._placement.dtype, self._placement.device
@@ -95,7 +119,6 @@ class TensorProduct(nn.Module):
             raise UnsupportedDescriptor(f"backend {name!r} cannot run this product: {reason}")
         self.executor = cls.build(self.descriptor, self._placement.dtype, self._placement.device)
         self.backend = cls.name
-        return self
 
     def _apply(self, fn, recurse=True):
         # .to()/.double()/.cuda() would only cast the executor's constants, leaving
@@ -103,7 +126,10 @@ class TensorProduct(nn.Module):
         before = (self._placement.dtype, self._placement.device)
         result = super()._apply(fn, recurse)
         if self.backend and before != (self._placement.dtype, self._placement.device):
-            self.set_backend(self.backend)
+            if self.requested_backend == "auto":  # the fastest may differ there
+                self.set_backend("auto", self.policy)
+            else:
+                self.set_backend(self.backend)
         return result
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:

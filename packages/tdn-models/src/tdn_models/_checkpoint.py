@@ -245,8 +245,12 @@ def _choose_backend(path: Path, ckpt: dict, backend: str | None) -> str | None:
     if name is None or (backend is None and len(stored) > 1):
         name = sorted(stored)[0]
     usable = available_backends()
+    if name == "auto":  # chosen again here: the fastest one on this machine
+        return name
     if name not in usable:
-        raise CheckpointError(f"backend: unknown backend {name!r}; registered: {sorted(usable)}")
+        raise CheckpointError(
+            f"backend: unknown backend {name!r}; registered: {sorted(usable)} (or 'auto')"
+        )
     if usable[name] is not None:
         others = sorted(k for k, why in usable.items() if why is None)
         how = "saved with" if backend is None else "asked for"
@@ -325,6 +329,8 @@ def load_checkpoint(
     config = dict(ckpt["config"])
     if name is not None and "backend" in config:
         config["backend"] = name
+        if name != "auto" and config.get("backend_policy") is not None:
+            config["backend_policy"] = None  # the policy only applies to "auto"
     try:
         model = build_model(ckpt["model"], **config)
     except (TypeError, ValueError) as e:
@@ -332,7 +338,7 @@ def load_checkpoint(
             f"checkpoint {str(path)!r}: cannot rebuild model {ckpt['model']!r} from its "
             f"config ({e})"
         ) from e
-    if name is not None and model.backend != name:
+    if name not in (None, "auto") and model.backend != name:
         model.set_backend(name)
     _check_factors(path, ckpt, model)
 

@@ -82,8 +82,9 @@ class Potential(nn.Module):
         """The tdn-core tensor products inside this model (empty for baselines)."""
         return [m for m in self.modules() if isinstance(m, TensorProduct)]
 
-    def set_backend(self, name: str) -> Potential:
-        """Run every tensor product on backend ``name``; weights are untouched. Returns self."""
+    def set_backend(self, name: str, policy: dict | None = None) -> Potential:
+        """Run every tensor product on backend ``name`` (or ``"auto"`` under ``policy``,
+        see :class:`tdn_core.AutoPolicy`); weights are untouched. Returns self."""
         tps = self.tensor_products()
         if not tps:
             raise ValueError(
@@ -93,7 +94,7 @@ class Potential(nn.Module):
         if self._compiled is not None:
             self._check_traceable({name})
         for tp in tps:
-            tp.set_backend(name)
+            tp.set_backend(name, policy)
         return self
 
     @staticmethod

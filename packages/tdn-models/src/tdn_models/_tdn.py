@@ -54,7 +54,14 @@ class GraphAttention(nn.Module):
     """
 
     def __init__(
-        self, lmax: int, channels: int, heads: int, radial_sizes: list[int], backend: str, rank
+        self,
+        lmax: int,
+        channels: int,
+        heads: int,
+        radial_sizes: list[int],
+        backend: str,
+        rank,
+        policy: dict | None = None,
     ):
         super().__init__()
         if channels % heads:
@@ -63,7 +70,8 @@ class GraphAttention(nn.Module):
         self.lin_src = EquivariantLinear(lmax, channels, channels)
         self.lin_dst = EquivariantLinear(lmax, channels, channels, bias=False)
         self.radial = ScalarMLP([*radial_sizes, 2 * channels])
-        self.tp_message = TensorProduct(lmax, lmax, lmax, channels, backend=backend, rank=rank)
+        tp = dict(backend=backend, rank=rank, policy=policy)
+        self.tp_message = TensorProduct(lmax, lmax, lmax, channels, **tp)
         self.lin_alpha = nn.Linear(channels, channels)
         self.alpha_dot = nn.Parameter(torch.randn(heads, channels // heads) / math.sqrt(channels))
         # no bias: the message already carries lin_src's, and on [E, d, C] edge tensors a
@@ -71,7 +79,7 @@ class GraphAttention(nn.Module):
         self.lin_value = EquivariantLinear(lmax, channels, channels, bias=False)
         self.lin_gate = nn.Linear(channels, channels)
         self.gate = Gate()
-        self.tp_value = TensorProduct(lmax, lmax, lmax, channels, backend=backend, rank=rank)
+        self.tp_value = TensorProduct(lmax, lmax, lmax, channels, **tp)
         self.proj = EquivariantLinear(lmax, channels, channels)
 
     def forward(
@@ -100,10 +108,12 @@ class GraphAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attention(norm(x)), then x + gated FFN(norm(x))."""
 
-    def __init__(self, lmax: int, channels: int, heads: int, radial_sizes, backend, rank):
+    def __init__(
+        self, lmax: int, channels: int, heads: int, radial_sizes, backend, rank, policy=None
+    ):
         super().__init__()
         self.norm_attention = EquivariantLayerNorm(lmax, channels)
-        self.attention = GraphAttention(lmax, channels, heads, radial_sizes, backend, rank)
+        self.attention = GraphAttention(lmax, channels, heads, radial_sizes, backend, rank, policy)
         self.norm_ffn = EquivariantLayerNorm(lmax, channels)
         self.ffn_in = EquivariantLinear(lmax, channels, 2 * channels)
         self.ffn_gate = nn.Linear(channels, 2 * channels)
@@ -130,7 +140,10 @@ class TDN(Potential):
         radial_hidden: width of the radial MLP's two hidden layers.
         avg_neighbors: typical neighbour count; scales the degree embedding's sum.
         backend: tdn-core backend of every edge product (``cp_eager``, ``path_shared``,
-            ``cg``, ``cp_triton``, ...); switch later with :meth:`set_backend`.
+            ``sparse``, ``cg``, ``cp_triton``, ...), or ``"auto"`` (the fastest one here
+            under ``backend_policy``); switch later with :meth:`set_backend`.
+        backend_policy: with ``backend="auto"``, which backends it may pick
+            (:class:`tdn_core.AutoPolicy` fields; default: exact ones only).
         rank: CP rank schedule or int (see :class:`tdn_core.TensorProduct`).
         max_neighbors: cap on neighbours per atom (None: none).
         direct_forces: predict forces with an attention head instead of -dE/dpos.
@@ -152,6 +165,7 @@ class TDN(Potential):
         rank: str | int = "quadratic",
         max_neighbors: int | None = None,
         direct_forces: bool = False,
+        backend_policy: dict | None = None,
     ) -> None:
         super().__init__(cutoff, max_neighbors, direct_forces)
         if direct_forces and lmax < 1:
@@ -166,6 +180,7 @@ class TDN(Potential):
             "radial_hidden": radial_hidden,
             "avg_neighbors": avg_neighbors,
             "backend": backend,
+            "backend_policy": None if backend_policy is None else {**backend_policy},
             "rank": rank,
             "max_neighbors": max_neighbors,
             "direct_forces": direct_forces,
@@ -180,14 +195,14 @@ class TDN(Potential):
         self.degree_radial = ScalarMLP([*radial_sizes, channels])
         self.degree_proj = EquivariantLinear(lmax, channels, channels)
         self.blocks = nn.ModuleList(
-            TransformerBlock(lmax, channels, heads, radial_sizes, backend, rank)
+            TransformerBlock(lmax, channels, heads, radial_sizes, backend, rank, backend_policy)
             for _ in range(layers)
         )
         self.norm = EquivariantLayerNorm(lmax, channels)
         self.energy_head = ScalarMLP([channels, channels, 1], layer_norm=False)
         if direct_forces:
             self.force_attention = GraphAttention(
-                lmax, channels, heads, radial_sizes, backend, rank
+                lmax, channels, heads, radial_sizes, backend, rank, backend_policy
             )
             self.force_proj = EquivariantLinear(lmax, channels, 1, bias=False)
 

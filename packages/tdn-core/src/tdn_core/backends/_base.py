@@ -25,6 +25,9 @@ class Backend:
     #: True if the backend computes the CG product exactly (up to rounding)
     exact: ClassVar[bool]
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: devices where it runs compiled code, not an interpreter (``backend="auto"`` times
+    #: and picks it only there)
+    fast_devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.float64)
     modes: ClassVar[tuple[str, ...]] = ("uvu",)
     path_weights: ClassVar[tuple[str, ...]] = ("shared",)

@@ -292,6 +292,7 @@ class CPTritonBackend(Backend):
     path_weights = ("shared",)
     requires = ("triton",)
     devices = ("cuda", "cpu")
+    fast_devices = ("cuda",)  # on a CPU: Triton's interpreter
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
     @classmethod
