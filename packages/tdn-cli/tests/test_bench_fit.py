@@ -41,6 +41,30 @@ def test_bench_table_json_and_plot(capsys, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_auto_is_checked_against_the_table(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TDN_CACHE_DIR", str(tmp_path))
+    js = tmp_path / "tp.json"
+    args = ["--backend", "auto", "--mode", "uuu", *TINY, "--json", str(js)]
+    assert main(["bench", *args, "--max-seconds", "1e-6"]) == 0
+    out, err = capsys.readouterr()
+    assert "backend='auto' (exact policy)" in out and "dbl-bwd ms" in out
+    assert "over --max-seconds" in err
+    data = json.loads(js.read_text())
+    # every backend was timed at L = 1 and none at L = 2 (all over the 1 us budget)
+    assert {r["L"] for r in data["results"]} == {1}
+    assert all(r["double_backward_ms"] > 0 for r in data["results"])
+    assert "sparse" in {r["backend"] for r in data["results"]}
+    (first, second) = data["auto"]
+    assert first["chose"] in {"cg", "path_shared", "sparse"}
+    assert first["within_10_percent"] in (True, False)
+    assert second["chose_ms"] is None and second["within_10_percent"] is None
+
+
+def test_bench_auto_does_not_take_model(capsys):
+    assert main(["bench", "--model", "--backend", "auto"]) == 2
+    assert "--backend auto: compares products only" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(shutil.which("c++") is None, reason="cp_eager's CPU kernel needs c++")
 def test_bench_times_the_cpu_kernel_against_the_pytorch_ops(capsys, tmp_path):
     js = tmp_path / "tp.json"
@@ -70,7 +94,7 @@ def test_bench_uuu_skips_peers_that_cannot(capsys):
     captured = capsys.readouterr()
     assert code == 0
     assert "cp_eager" in captured.out
-    assert "peer skipped" in captured.err  # e3nn and cueq have no uuu mode
+    assert "skipped: backend 'e3nn'" in captured.err  # e3nn and cueq have no uuu mode
 
 
 def test_bench_bad_values(capsys):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tdn_core import TensorProduct, UnsupportedDescriptor, available_backends
+from tdn_core._autotune import select_backend
 from tdn_core.testing import equivariance_error, random_inputs, random_rotation
 
 from ._errors import UserError
@@ -30,7 +31,8 @@ from ._util import (
     write_json,
 )
 
-PEERS = ("path_shared", "e3nn", "cueq")
+#: exact peers: the precontracted dense product, the nonzero walk, e3nn, cuequivariance
+PEERS = ("path_shared", "sparse", "e3nn", "cueq")
 #: --model compares the network against its exact twins (e3nn/cueq run only if asked)
 MODEL_PEERS = ("cg", "path_shared")
 #: size of the float64 accuracy check (and of cp_triton's interpreted run on a CPU)
@@ -44,6 +46,8 @@ GPU_NOTE = (
 EXAMPLES = """Examples:
   tdn bench --backend cp_eager                       # and the peers, L = 1..6
   tdn bench --backend all --lmax 1 2 --edges 1000 --json tp.json --plot tp.png
+  tdn bench --backend auto --lmax 4 --mode uuu   # every backend, and what 'auto' picks
+  tdn bench --backend all --lmax 1 2 3 4 5 6 7 8 --max-seconds 5  # drop slow ones early
   tdn bench --backend cp_triton --device cuda --dtype float16
   tdn bench --model --backend cp_eager --lmax 1 2    # training step and inference
   tdn bench --model --backend cp_eager --lmax 1 --compile  # eager and torch.compile
@@ -60,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=["all"],
         metavar="NAME",
-        help="backends to run, or 'all' (every usable one); the peers always run too",
+        help="backends to run, or 'all' (every usable one), or 'auto' (all, then what "
+        "backend='auto' picks, checked against the table); the peers always run too",
     )
     p.add_argument("--lmax", type=int, nargs="+", help="degrees L (default 1..6; --model 1 2 4)")
     p.add_argument("--edges", type=int, default=4000, help="edges E per product")
@@ -77,6 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CP rank: an int, 'linear', 'quadratic' or 'full'",
     )
     p.add_argument("--repeats", type=int, default=7, help="timed calls (median) per case")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="skip a backend at larger L once its forward+backward took over S seconds",
+    )
     p.add_argument("--model", action="store_true", help="benchmark the full TDN network")
     p.add_argument("--molecules", type=int, default=16, help="--model: molecules per batch")
     p.add_argument(
@@ -176,8 +187,9 @@ def _no_grad_call(tp: TensorProduct, *inputs: torch.Tensor):
 def time_product(
     name: str, L: int, edges: int, channels: int, mode: str, rank, dtype, device, repeats: int
 ) -> dict:
-    """Forward and forward+backward medians (ms; gradients of x, y and the weight) of one
-    backend's edge product on Gaussian inputs; for a CP backend also its factored FLOP
+    """Forward, forward+backward (gradients of x, y and the weight) and double backward
+    (the force-training pattern) medians, ms, of one backend's edge product on Gaussian
+    inputs; for a CP backend also its factored FLOP
     count (GFLOP), the forward of its factored order (cp_eager's ``order``) and the
     matmul rate (GFLOP/s), timed in turn, so that the fraction of the rate it reaches
     does not depend on when the load changed."""
@@ -190,6 +202,12 @@ def time_product(
 
     def forward_backward():
         torch.autograd.grad(tp(xg, yg, wg), (xg, yg, wg), grad_out)
+
+    def double_backward():
+        # force training: a gradient with create_graph (y: the edge harmonics, through
+        # which positions enter), then a backward through it (to x and the weight)
+        (gy,) = torch.autograd.grad(tp(xg, yg, wg), yg, grad_out, create_graph=True)
+        torch.autograd.grad(gy.square().sum(), (xg, wg))
 
     # few repeats for slow backends: the run time is bounded by the slowest, not the count
     probe = median_ms(forward_backward, 1, warmup=1, device=device)
@@ -226,6 +244,7 @@ def time_product(
             matmul_gflops=gflops_of(mm_ms),
         )
     row["forward_backward_ms"] = median_ms(forward_backward, reps, device=device)
+    row["double_backward_ms"] = median_ms(double_backward, reps, warmup=1, device=device)
     return row
 
 
@@ -281,7 +300,7 @@ def _cell(value: float | None, width: int, spec: str = ".2f", suffix: str = "") 
 def format_table(rows: list[dict], peers: list[str]) -> str:
     """The benchmark table: medians (ms), forward+backward speed ratio against each peer,
     the GEMM rate of CP backends, output error, equivariance error and bound."""
-    head = f"{'L':>2} {'backend':<12} {'fwd ms':>9} {'fwd+bwd ms':>10}"
+    head = f"{'L':>2} {'backend':<12} {'fwd ms':>9} {'fwd+bwd ms':>10} {'dbl-bwd ms':>10}"
     head += "".join(f" {'x ' + p:>13}" for p in peers)
     head += f" {'GEMM rate':>9} {'ops rate':>8} {'rel err':>8} {'equi err':>8} {'bound':>8}"
     lines = [head, "-" * len(head)]
@@ -291,6 +310,7 @@ def format_table(rows: list[dict], peers: list[str]) -> str:
             f"{r['L']:>2} {r['backend']:<12}",
             _cell(r.get("forward_ms"), 9),
             _cell(r.get("forward_backward_ms"), 10),
+            _cell(r.get("double_backward_ms"), 10),
             *(_cell(r.get(f"speedup_vs_{p}_fb"), 13, ".2f", "x") for p in peers),
             _cell(None if frac is None else 100 * frac, 9, ".0f", "%"),
             _cell(None if ops is None else 100 * ops, 8, ".0f", "%"),
@@ -345,7 +365,12 @@ def run(args: argparse.Namespace) -> int:
                 "cp_triton: triton was imported before its interpreter could be switched "
                 "on; run with TRITON_INTERPRET=1 set in the environment"
             )
-    backends, notes = choose_backends(args.backends, MODEL_PEERS if args.model else PEERS)
+    if "auto" in args.backends and args.model:
+        raise UserError("--backend auto: compares products only; drop --model")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UserError(f"--max-seconds: expected a positive number, got {args.max_seconds}")
+    requested = ["all" if b == "auto" else b for b in args.backends]
+    backends, notes = choose_backends(requested, MODEL_PEERS if args.model else PEERS)
     for note in notes:
         print(note, file=sys.stderr)
     if args.model:
@@ -370,16 +395,17 @@ def _run_products(args: argparse.Namespace, backends: list[str], device: torch.d
     )
     rows: list[dict] = []
     skipped: set[str] = set()
+    too_slow: set[str] = set()  # --max-seconds
     cases = [(L, name) for L in lmaxes for name in backends]
     for L, name in progress(cases, "bench"):
-        if name in skipped:
+        if name in skipped or name in too_slow:
             continue
         try:
             row = {"backend": name, "L": L, **check_product(name, L, args.mode, args.rank, device)}
         except UnsupportedDescriptor as exc:
-            if name not in PEERS or name in args.backends:
+            if name in args.backends:  # asked for by name (not a peer, not 'all')
                 raise
-            print(f"peer skipped: {exc}", file=sys.stderr)
+            print(f"skipped: {exc}", file=sys.stderr)
             skipped.add(name)
             continue
         if name not in untimed:
@@ -395,6 +421,16 @@ def _run_products(args: argparse.Namespace, backends: list[str], device: torch.d
                 args.repeats,
             )
             row.update(timing)
+            if (
+                args.max_seconds is not None
+                and timing["forward_backward_ms"] > 1e3 * args.max_seconds
+            ):
+                print(
+                    f"{name}: forward+backward {timing['forward_backward_ms'] / 1e3:.1f} s at "
+                    f"L={L}, over --max-seconds {args.max_seconds:g}: not timed at larger L",
+                    file=sys.stderr,
+                )
+                too_slow.add(name)
         rows.append(row)
     for L in lmaxes:
         _add_ratios([r for r in rows if r["L"] == L])
@@ -404,14 +440,57 @@ def _run_products(args: argparse.Namespace, backends: list[str], device: torch.d
     for r in above:
         print(f"warning: {r['backend']} at L={r['L']}: equivariance error above its bound")
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "prog")}
+    payload = {"machine": machine, "settings": settings, "results": rows}
+    if "auto" in args.backends:
+        payload["auto"] = [
+            check_auto(rows, L, args.channels, args.mode, args.rank, dtype, device) for L in lmaxes
+        ]
+        print(format_auto(payload["auto"]))
     if args.json:
-        write_json(args.json, {"machine": machine, "settings": settings, "results": rows})
+        write_json(args.json, payload)
         print(f"wrote {args.json}")
     if args.plot:
         title = f"edge product, E={args.edges}, C={args.channels}, {args.dtype}, forward+backward"
         _plot(args.plot, rows, "forward_backward_ms", "forward+backward (ms)", title)
         print(f"wrote {args.plot}")
     return 1 if above else 0
+
+
+def check_auto(
+    rows: list[dict], L: int, channels: int, mode: str, rank, dtype, device: torch.device
+) -> dict:
+    """What ``backend="auto"`` (exact policy) picks at ``L``, timed on its own, next to
+    the fastest exact backend of this run's table (forward+backward)."""
+    tp = _product("cg", L, channels, mode, rank, dtype, device)
+    chose = select_backend(tp.descriptor, dtype, device)
+    exact = {
+        r["backend"]: r["forward_backward_ms"]
+        for r in rows
+        if r["L"] == L and r["rank"] is None and r.get("forward_backward_ms") is not None
+    }
+    fastest = min(exact, key=exact.__getitem__) if exact else None
+    chose_ms = exact.get(chose)
+    within = None if chose_ms is None or fastest is None else chose_ms <= 1.1 * exact[fastest]
+    return {
+        "L": L,
+        "chose": chose,
+        "chose_ms": chose_ms,
+        "table_fastest": fastest,
+        "table_fastest_ms": None if fastest is None else exact[fastest],
+        "within_10_percent": within,
+    }
+
+
+def format_auto(checks: list[dict]) -> str:
+    lines = ["backend='auto' (exact policy) against this table's fastest exact backend:"]
+    for c in checks:
+        verdict = {True: "within 10%", False: "MORE than 10% slower", None: "not in table"}
+        lines.append(
+            f"  L={c['L']}: auto picks {c['chose']}; table's fastest {c['table_fastest']} "
+            f"({_cell(c['table_fastest_ms'], 0)} ms, auto's pick {_cell(c['chose_ms'], 0)} ms): "
+            f"{verdict[c['within_10_percent']]}"
+        )
+    return "\n".join(lines)
 
 
 def _run_model(args: argparse.Namespace, backends: list[str], device: torch.device) -> int:
