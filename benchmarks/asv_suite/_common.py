@@ -11,7 +11,7 @@ EDGES = 256  # edges of the edge-product benchmarks
 CHANNELS = 16  # channels of the edge product
 LS = [1, 2, 3, 4, 5, 6]  # l_in = l_sh = l_out = L
 # Every backend the registry knows plus the peers; setup skips what cannot run here.
-BACKENDS = ["cg", "path_shared", "cp_eager", "cp_triton", "e3nn", "cueq"]
+BACKENDS = ["cg", "path_shared", "sparse", "cp_eager", "cp_triton", "e3nn", "cueq"]
 
 # TDN_ASV_SMOKE=1 (benchmarks/asv_quick.sh): shrink the training budget of the accuracy
 # track so a smoke run finishes in minutes; its numbers are not comparable.
