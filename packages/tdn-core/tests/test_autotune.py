@@ -25,7 +25,7 @@ def fake_timings(monkeypatch):
     calls = []
     table = {"cg": 50.0, "path_shared": 9.0, "sparse": 7.0, "cp_eager": 3.0, "e3nn": math.inf}
 
-    def measure(desc, dtype, device, names, best=math.inf):
+    def measure(desc, dtype, device, names, best=math.inf, edges=None):
         calls.append(list(names))
         return {n: table.get(n, 100.0) for n in names}
 

@@ -229,7 +229,7 @@ def test_auto_backend_is_chosen_again_on_load(tmp_path, samples, monkeypatch):
     monkeypatch.setattr(
         _autotune,
         "measure",
-        lambda desc, dtype, device, names, best=None: {
+        lambda desc, dtype, device, names, best=None, edges=None: {
             n: 1.0 if n == fastest["first"] else 2.0 for n in names
         },
     )

@@ -443,7 +443,8 @@ def _run_products(args: argparse.Namespace, backends: list[str], device: torch.d
     payload = {"machine": machine, "settings": settings, "results": rows}
     if "auto" in args.backends:
         payload["auto"] = [
-            check_auto(rows, L, args.channels, args.mode, args.rank, dtype, device) for L in lmaxes
+            check_auto(rows, L, args.edges, args.channels, args.mode, args.rank, dtype, device)
+            for L in lmaxes
         ]
         print(format_auto(payload["auto"]))
     if args.json:
@@ -457,12 +458,13 @@ def _run_products(args: argparse.Namespace, backends: list[str], device: torch.d
 
 
 def check_auto(
-    rows: list[dict], L: int, channels: int, mode: str, rank, dtype, device: torch.device
+    rows: list[dict], L: int, edges: int, channels: int, mode: str, rank, dtype, device
 ) -> dict:
-    """What ``backend="auto"`` (exact policy) picks at ``L``, timed on its own, next to
-    the fastest exact backend of this run's table (forward+backward)."""
+    """What ``backend="auto"`` (exact policy, tuned for ``edges`` edges) picks at ``L``,
+    timed on its own, next to the fastest exact backend of this run's table
+    (forward+backward)."""
     tp = _product("cg", L, channels, mode, rank, dtype, device)
-    chose = select_backend(tp.descriptor, dtype, device)
+    chose = select_backend(tp.descriptor, dtype, device, edges=edges)
     exact = {
         r["backend"]: r["forward_backward_ms"]
         for r in rows

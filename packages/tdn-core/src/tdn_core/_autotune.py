@@ -134,17 +134,20 @@ def select_backend(
     dtype: torch.dtype,
     device: torch.device,
     policy: AutoPolicy | dict | None = None,
+    edges: int = AUTOTUNE_EDGES,
 ) -> str:
-    """The backend ``backend="auto"`` runs ``desc`` on (measuring it on first use)."""
+    """The backend ``backend="auto"`` runs ``desc`` on (measuring it on first use), tuned
+    for batches of ``edges`` edges (the fastest can change with the size: at L = 6 in uvu
+    on the 2-core dev CPU, path_shared won at 1,000 edges and sparse at 4,000)."""
     policy = AutoPolicy.coerce(policy)
     device = torch.device(device)
     allowed = [n for n in candidates(desc, dtype, device) if policy.allows(n, desc)]
-    timings = cached_timings(desc, dtype, device, allowed)
+    timings = cached_timings(desc, dtype, device, allowed, edges)
     name = choose(timings, lambda n: n in allowed)
     log.info(
         "backend 'auto' chose %r for %s (%s; forward+backward ms: %s)",
         name,
-        _case_key(desc, dtype, device),
+        _case_key(desc, dtype, device, edges),
         policy,
         ", ".join(f"{n} {t:.3g}" for n, t in sorted(timings.items(), key=lambda kv: kv[1])),
     )
@@ -152,7 +155,11 @@ def select_backend(
 
 
 def cached_timings(
-    desc: TPDescriptor, dtype: torch.dtype, device: torch.device, names: list[str]
+    desc: TPDescriptor,
+    dtype: torch.dtype,
+    device: torch.device,
+    names: list[str],
+    edges: int = AUTOTUNE_EDGES,
 ) -> dict[str, float]:
     """name -> forward+backward ms of each of ``names``, from the cache or measured now
     (those not cached yet: the cache grows as policies ask for more)."""
@@ -161,12 +168,11 @@ def cached_timings(
     cache = _read(path)
     if cache.get("fingerprint") != fingerprint:
         cache = {"fingerprint": fingerprint, "cases": {}}
-    timings = cache["cases"].setdefault(_case_key(desc, dtype, device), {})
+    timings = cache["cases"].setdefault(_case_key(desc, dtype, device, edges), {})
     missing = [n for n in names if n not in timings]
     if missing:
-        timings.update(
-            measure(desc, dtype, device, missing, best=min(timings.values(), default=math.inf))
-        )
+        best = min(timings.values(), default=math.inf)
+        timings.update(measure(desc, dtype, device, missing, best, edges))
         text = json.dumps(cache, indent=1, sort_keys=True).encode()
         atomic_write(path, lambda f: f.write(text))
     return {n: timings[n] for n in names}
@@ -178,9 +184,11 @@ def measure(
     device: torch.device,
     names: list[str],
     best: float = math.inf,
+    edges: int = AUTOTUNE_EDGES,
 ) -> dict[str, float]:
-    """Median forward+backward ms of each of ``names`` on ``AUTOTUNE_EDGES`` Gaussian
-    edges. Each first runs a probe of ``PROBE_EDGES`` edges; one whose probe takes over
+    """Median forward+backward ms of each of ``names`` on ``edges`` Gaussian edges.
+
+    Each first runs a probe of ``PROBE_EDGES`` edges; one whose probe takes over
     ``GIVE_UP_FACTOR`` times the fastest probe is recorded as inf, not timed. ``best``:
     the fastest full timing already known (ms), which also ends the search for slower
     ones."""
@@ -193,7 +201,7 @@ def measure(
         ).to(dtype=dtype, device=device)
         for name in names
     }  # fmt: skip
-    probe, full = (_timer(desc, dtype, device, edges) for edges in (PROBE_EDGES, AUTOTUNE_EDGES))
+    probe, full = (_timer(desc, dtype, device, n) for n in (min(PROBE_EDGES, edges), edges))
     probes = {}
     for name, tp in products.items():
         probe(tp)  # warm-up: may build kernels or fit nothing but load them
@@ -208,7 +216,10 @@ def measure(
         if first * 1e3 > GIVE_UP_FACTOR * best:
             timings[name] = math.inf
             continue
-        runs = sorted(full(tp) for _ in range(AUTOTUNE_REPEATS))
+        # at least AUTOTUNE_REPEATS calls, more for fast ones (~0.2 s): ms-scale medians
+        # of a shared CPU are noisy
+        repeats = max(AUTOTUNE_REPEATS, min(50, int(0.2 / max(first, 1e-6))))
+        runs = sorted(full(tp) for _ in range(repeats))
         timings[name] = 1e3 * runs[len(runs) // 2]
         best = min(best, timings[name])
     return timings
@@ -250,8 +261,8 @@ def machine_fingerprint(device: torch.device) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _case_key(desc: TPDescriptor, dtype: torch.dtype, device: torch.device) -> str:
-    return f"{desc.to_json()}|{str(dtype).removeprefix('torch.')}|{device.type}"
+def _case_key(desc: TPDescriptor, dtype: torch.dtype, device: torch.device, edges: int) -> str:
+    return f"{desc.to_json()}|{str(dtype).removeprefix('torch.')}|{device.type}|E={edges}"
 
 
 def _read(path) -> dict:
