@@ -217,12 +217,7 @@ def _sparse_op(
     if a.shape[0] == 0:
         return a.new_zeros(_out_shape(a, d_out, out_channels))
     if a.device.type == "cuda":
-        from . import _sparse_triton_kernels
-
-        if scale is not None and not out_channels:
-            b, scale = b * scale.unsqueeze(1), None  # R: s weighs the channel terms
-        out = _sparse_triton_kernels.sparse_bilinear(a, b, *layout, val, d_out, out_channels)
-        return out if scale is None else out * scale.unsqueeze(1)
+        return triton_sparse_bilinear(a, b, scale, layout, val, d_out, out_channels)
     if _cpu_kernels.supports(a):
         return _cpu_kernels.sparse_bilinear(a, b, scale, layout, val, d_out, out_channels)
     return torch_sparse_bilinear(a, b, scale, layout, val, d_out, out_channels)
@@ -263,6 +258,25 @@ def _(a, b, scale, t0, t1, t2, t3, val, d_out, dot_with):
 
 def _out_shape(a: Tensor, d_out: int, out_channels: bool) -> tuple[int, ...]:
     return (a.shape[0], d_out, a.shape[2]) if out_channels else (a.shape[0], d_out)
+
+
+def triton_sparse_bilinear(
+    a: Tensor,
+    b: Tensor,
+    scale: Tensor | None,
+    layout: tuple[Tensor, ...],
+    val: Tensor,
+    d_out: int,
+    out_channels: bool,
+) -> Tensor:
+    """The contraction in the Triton kernels (CUDA, or Triton's interpreter); the
+    channel weights are applied around them. Shapes as in :func:`_sparse_op`."""
+    from . import _sparse_triton_kernels  # imports triton
+
+    if scale is not None and not out_channels:
+        b, scale = b * scale.unsqueeze(1), None  # R: s weighs the channel terms
+    out = _sparse_triton_kernels.sparse_bilinear(a, b, *layout, val, d_out, out_channels)
+    return out if scale is None else out * scale.unsqueeze(1)
 
 
 # ------------------------------------------------------------------- PyTorch fallback

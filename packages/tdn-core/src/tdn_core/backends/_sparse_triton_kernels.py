@@ -160,11 +160,6 @@ def _on_gpu(t: torch.Tensor) -> bool:
     return t.is_cuda and not INTERPRET
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The accumulation dtype of the kernels: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def sparse_bilinear(
     a: torch.Tensor,
     b: torch.Tensor,
