@@ -66,7 +66,7 @@ def test_missing_and_extra_weight():
 
 def test_unknown_backend_lists_registered_names():
     with pytest.raises(
-        ValueError, match=r"unknown name 'fast'.*cg, path_shared, cp_eager, cp_triton"
+        ValueError, match=r"unknown name 'fast'.*cg, path_shared, sparse, cp_eager, cp_triton"
     ):
         TensorProduct(1, 1, 1, 2, backend="fast")
 
