@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up (idempotent) and runs the main job on this machine (a few minutes on a 2-core
 # CPU):
-#   1. `tdn bench`: every usable tensor-product backend, forward and forward+backward,
+#   1. `tdn bench`: every usable tensor-product backend, forward, forward+backward and
+#      double backward,
 #      L = 1..4, with errors and equivariance checks (table + runs/<stamp>/bench.png);
 #   2. `tdn train`: a small TDN on the embedded dataset (cp_eager backend);
 #   3. `tdn eval`: its energy/force MAE on the held-out test molecules, with a parity plot.

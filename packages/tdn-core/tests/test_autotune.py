@@ -121,3 +121,17 @@ def test_one_real_run_picks_the_fastest_it_measured(cache, monkeypatch):
     assert "cp_eager" not in timings and "cp_triton" not in timings  # exact; no interpreter
     finite = {n: t for n, t in timings.items() if math.isfinite(t)}
     assert tp.backend == min(finite, key=finite.__getitem__)
+
+
+def test_the_fingerprint_follows_the_code_and_the_threads(monkeypatch):
+    before = _autotune.machine_fingerprint(CPU)
+    monkeypatch.setattr(_autotune, "_source_digest", lambda: "an edited kernel")
+    assert _autotune.machine_fingerprint(CPU) != before
+    monkeypatch.undo()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert _autotune.machine_fingerprint(CPU) != before
+    finally:
+        torch.set_num_threads(threads)
+    assert _autotune.machine_fingerprint(CPU) == before

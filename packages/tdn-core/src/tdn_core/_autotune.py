@@ -14,6 +14,7 @@ equivariance bound is at most ``max_bound``. The choice is logged; the layer's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Mapping
+from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
@@ -250,8 +252,9 @@ def _timer(desc: TPDescriptor, dtype: torch.dtype, device: torch.device, edges: 
 
 
 def machine_fingerprint(device: torch.device) -> str:
-    """What the timings depend on besides the product: CPU or GPU model, threads, torch
-    and tdn-core versions."""
+    """What the timings depend on besides the product: CPU or GPU model, threads, torch,
+    tdn-core's version and its source (a checkout's code changes without a version bump:
+    timings of an older kernel must not choose for a newer one)."""
     if device.type == "cuda":
         hardware = torch.cuda.get_device_name(device)
     else:
@@ -263,7 +266,23 @@ def machine_fingerprint(device: torch.device) -> str:
     except PackageNotFoundError:
         ours = "unknown"
     parts = (platform.machine(), hardware, torch.__version__, ours, str(torch.get_num_threads()))
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return hashlib.sha256("\0".join((*parts, _source_digest())).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _source_digest() -> str:
+    """sha256 of tdn-core's Python and C++ sources."""
+    root = resources.files(__package__)
+    digest = hashlib.sha256()
+    stack = [root]
+    while stack:
+        for entry in sorted(stack.pop().iterdir(), key=lambda e: e.name):
+            if entry.is_dir():
+                if entry.name != "__pycache__":
+                    stack.append(entry)
+            elif entry.name.endswith((".py", ".cpp")):
+                digest.update(entry.name.encode() + b"\0" + entry.read_bytes())
+    return digest.hexdigest()
 
 
 def _case_key(desc: TPDescriptor, dtype: torch.dtype, device: torch.device, edges: int) -> str:
