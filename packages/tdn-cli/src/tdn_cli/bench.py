@@ -16,7 +16,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tdn_core import TensorProduct, UnsupportedDescriptor, available_backends
+from tdn_core import (
+    TensorProduct,
+    TPDescriptor,
+    UnsupportedDescriptor,
+    available_backends,
+    resolve_rank,
+)
 from tdn_core._autotune import select_backend
 from tdn_core.testing import equivariance_error, random_inputs, random_rotation
 
@@ -463,8 +469,8 @@ def check_auto(
     """What ``backend="auto"`` (exact policy, tuned for ``edges`` edges) picks at ``L``,
     timed on its own, next to the fastest exact backend of this run's table
     (forward+backward)."""
-    tp = _product("cg", L, channels, mode, rank, dtype, device)
-    chose = select_backend(tp.descriptor, dtype, device, edges=edges)
+    desc = TPDescriptor(L, L, L, channels, mode, rank=resolve_rank(rank, L, L, L))
+    chose = select_backend(desc, dtype, device, edges=edges)
     exact = {
         r["backend"]: r["forward_backward_ms"]
         for r in rows

@@ -48,14 +48,11 @@ not tuned.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-#: Triton's CPU interpreter: correct but slow, so small blocks, few programs
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from ._cp_triton_kernels import INTERPRET  # the interpreter: small blocks, few programs
 
 
 @triton.jit
