@@ -1,0 +1,348 @@
+"""Train TDN, MACE and NequIP on the same exported data and budget, then score them all.
+
+Each peer trains with its own command-line trainer in its own venv (``setup.sh``):
+``mace_run_train`` and ``nequip-train``; TDN with ``tdn train`` in the project's
+``.venv``. Every run has one thread pinned to one core (``--workers`` runs at a time, one
+per core), so their wall times compare. Sizes, matched to TDN's RESULTS config (L = 1,
+32 channels, 2 interactions, cutoff 4.5 Å, batch 16, float32):
+
+- MACE: max_L 1, 32 channels, 2 interactions, correlation 3, its default loss, schedule
+  and learning rate, EMA; per-element E0s = export.py's least-squares references;
+- NequIP: l_max 1, 32 features, 2 layers (its tutorial config otherwise: Adam 0.01,
+  plateau schedule, EMA; per-type shifts = the same references, no ZBL);
+- TDN: ``tdn train`` with RESULTS section 3's budget and config.
+
+Budgets: ``epochs``: one epoch over all 18,542 training snapshots (the RESULTS budget);
+``wall``: as many whole epochs as fit ``--wall-minutes`` (default 15) at the model's
+own measured epoch time from its ``epochs`` run, its schedule set for that many epochs.
+
+Everything resumes: a finished stage (timing.json's train_s, a score JSON) is skipped,
+and a killed training restarts from its last checkpoint (MACE ``--restart_latest``,
+NequIP ``last.ckpt``, TDN ``resume=true``). Results: ``docs/results/peers/<model>-
+<budget>-s<seed>/`` (the exact config or command, timing.json, scores/*.json); the full
+run folders and every prediction (.npz) stay in ``runs/peers/``.
+
+    python benchmarks/peers/export.py
+    python benchmarks/peers/train.py --models mace nequip tdn --budget epochs --seeds 0
+    python benchmarks/peers/train.py --models mace tdn --budget wall --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
+from accuracy import BUDGET, _run  # noqa: E402  (TDN's RESULTS budget; the pinned runner)
+
+from tdn_cli._util import write_json  # noqa: E402  (atomic)
+
+DATA = ROOT / "runs" / "peers" / "data"
+SCRATCH = ROOT / "runs" / "peers"
+OUT = ROOT / "docs" / "results" / "peers"
+VENV = {"mace": HERE / ".venv-mace", "nequip": HERE / ".venv-nequip", "tdn": ROOT / ".venv"}
+KIND = {"mace": "mace", "nequip": "nequip", "tdn-cp_eager": "tdn", "tdn-path_shared": "tdn"}
+SETS = ["test", "ood_md17_ethanol", "ood_md17_aspirin", "ood_iso17"]
+#: matched sizes (see the module docstring)
+CUTOFF, CHANNELS, LAYERS, BATCH = 4.5, 32, 2, 16
+
+
+def _meta() -> dict:
+    path = DATA / "meta.json"
+    if not path.exists():
+        raise SystemExit(f"{path} missing: run `python benchmarks/peers/export.py` first")
+    return json.loads(path.read_text())
+
+
+def _venv_bin(model: str, name: str) -> str:
+    path = VENV[model.split("-")[0]] / "bin" / name
+    if not path.exists():
+        raise SystemExit(f"{path} missing: run `bash benchmarks/peers/setup.sh`")
+    return str(path)
+
+
+def mace_command(run_dir: Path, seed: int, epochs: int, meta: dict) -> list[str]:
+    e0 = "{" + ", ".join(f"{z}: {e!r}" for z, e in meta["e0_eV"].items()) + "}"
+    return [
+        _venv_bin("mace", "mace_run_train"),
+        "--name=mace",
+        f"--seed={seed}",
+        f"--work_dir={run_dir}",
+        f"--train_file={DATA / 'train.extxyz'}",
+        f"--valid_file={DATA / f'val-s{seed}.extxyz'}",
+        "--energy_key=REF_energy",
+        "--forces_key=REF_forces",
+        f"--E0s={e0}",
+        "--model=MACE",
+        f"--num_channels={CHANNELS}",
+        "--max_L=1",
+        f"--num_interactions={LAYERS}",
+        "--correlation=3",
+        f"--r_max={CUTOFF}",
+        f"--batch_size={BATCH}",
+        "--valid_batch_size=32",
+        f"--max_num_epochs={epochs}",
+        "--eval_interval=1",
+        "--ema",
+        "--ema_decay=0.99",
+        "--default_dtype=float32",
+        "--device=cpu",
+        "--restart_latest",
+    ]
+
+
+def nequip_config(run_dir: Path, seed: int, epochs: int, meta: dict) -> dict:
+    """nequip-train's config (its tutorial's, at the matched size, for molecules on a CPU)."""
+    from ase.data import chemical_symbols
+
+    types = [chemical_symbols[z] for z in meta["elements"]]
+    shifts = {chemical_symbols[int(z)]: e for z, e in meta["e0_eV"].items()}
+    monitored = "val0_epoch/weighted_sum"
+    metrics = {
+        "_target_": "nequip.train.EnergyForceMetrics",
+        "coeffs": {"per_atom_energy_mae": 1.0, "forces_mae": 1.0},
+    }
+    transforms = [
+        {"_target_": "nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper",
+         "model_type_names": types},
+        {"_target_": "nequip.data.transforms.NeighborListTransform", "r_max": CUTOFF},
+    ]  # fmt: skip
+    return {
+        "run": ["train"],
+        "data": {
+            "_target_": "nequip.data.datamodule.ASEDataModule",
+            "seed": seed,
+            "train_file_path": str(DATA / "train.extxyz"),
+            "val_file_path": str(DATA / f"val-s{seed}.extxyz"),
+            "key_mapping": {"REF_energy": "total_energy", "REF_forces": "forces"},
+            "transforms": transforms,
+            "train_dataloader": {
+                "_target_": "torch.utils.data.DataLoader",
+                "batch_size": BATCH,
+                "shuffle": True,
+            },
+            "val_dataloader": {"_target_": "torch.utils.data.DataLoader", "batch_size": 32},
+            "stats_manager": {
+                "_target_": "nequip.data.CommonDataStatisticsManager",
+                "type_names": types,
+                "dataloader_kwargs": {"batch_size": 32},
+            },
+        },
+        "trainer": {
+            "_target_": "lightning.Trainer",
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": epochs,
+            "enable_progress_bar": False,
+            "log_every_n_steps": 50,
+            "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(run_dir)},
+            "callbacks": [
+                # best.ckpt on the validation metric; last.ckpt every 100 steps, to resume
+                {
+                    "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "monitor": monitored,
+                    "dirpath": str(run_dir),
+                    "filename": "best",
+                },
+                {
+                    "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "dirpath": str(run_dir),
+                    "filename": "last",
+                    "every_n_train_steps": 100,
+                    "enable_version_counter": False,
+                },
+            ],
+        },
+        "training_module": {
+            "_target_": "nequip.train.EMALightningModule",
+            "ema_decay": 0.99,
+            "loss": {
+                "_target_": "nequip.train.EnergyForceLoss",
+                "per_atom_energy": True,
+                "coeffs": {"total_energy": 1.0, "forces": 1.0},
+            },
+            "val_metrics": metrics,
+            "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.01},
+            "lr_scheduler": {
+                "scheduler": {
+                    "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+                    "factor": 0.6,
+                    "patience": 5,
+                    "threshold": 0.2,
+                    "min_lr": 1e-6,
+                },
+                "monitor": monitored,
+                "interval": "epoch",
+                "frequency": 1,
+            },
+            "model": {
+                "_target_": "nequip.model.NequIPGNNModel",
+                "seed": seed,
+                "model_dtype": "float32",
+                "type_names": types,
+                "r_max": CUTOFF,
+                "num_bessels": 8,
+                "polynomial_cutoff_p": 6,
+                "num_layers": LAYERS,
+                "l_max": 1,
+                "parity": True,
+                "num_features": CHANNELS,
+                "radial_mlp_depth": 2,
+                "radial_mlp_width": 64,
+                "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
+                "per_type_energy_scales": "${training_data_stats:per_type_forces_rms}",
+                "per_type_energy_shifts": shifts,
+                "per_type_energy_scales_trainable": False,
+                "per_type_energy_shifts_trainable": False,
+            },
+        },
+    }
+
+
+def nequip_command(run_dir: Path, seed: int, epochs: int, meta: dict) -> list[str]:
+    import yaml
+
+    config = run_dir / "config.yaml"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(nequip_config(run_dir, seed, epochs, meta), sort_keys=False))
+    cmd = [_venv_bin("nequip", "nequip-train"), "-cp", str(run_dir), "-cn", "config"]
+    cmd.append(f"hydra.run.dir={run_dir}")
+    if (run_dir / "last.ckpt").exists():
+        cmd.append(f"++ckpt_path={run_dir / 'last.ckpt'}")
+    return cmd
+
+
+def tdn_command(model: str, run_dir: Path, seed: int, epochs: int) -> list[str]:
+    backend = model.split("-", 1)[1]
+    overrides = [o for o in BUDGET if not o.startswith("trainer.max_epochs=")]
+    cmd = [_venv_bin("tdn", "tdn"), "train", "model=tdn", f"backend={backend}", *overrides]
+    cmd += [f"trainer.max_epochs={epochs}", f"seed={seed}", f"output_dir={run_dir}"]
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        cmd.append("resume=true")
+    return cmd
+
+
+def trained_model(model: str, run_dir: Path) -> Path:
+    if model == "mace":
+        return run_dir / "mace.model"
+    if model == "nequip":
+        return run_dir / "best.ckpt"
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def epochs_for(model: str, budget: str, seed: int, wall_minutes: float) -> int:
+    if budget == "epochs":
+        return 1
+    ref = OUT / f"{model}-epochs-s{seed}" / "timing.json"
+    if not ref.exists():
+        raise RuntimeError(f"budget wall needs the epoch time of {ref.parent.name}: train it first")
+    epoch_s = json.loads(ref.read_text())["train_s"]
+    return max(1, math.floor(wall_minutes * 60 / epoch_s))
+
+
+def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> None:
+    """Train (or resume) one (model, budget, seed) on core ``cpu``, then score it."""
+    name = f"{model}-{budget}-s{seed}"
+    run_dir, out = SCRATCH / name, OUT / name
+    out.mkdir(parents=True, exist_ok=True)
+    log = SCRATCH / f"{name}.log"
+    timing_path = out / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    if "train_s" not in timing:
+        epochs = epochs_for(model, budget, seed, wall_minutes)
+        meta = _meta()
+        if model == "mace":
+            cmd = mace_command(run_dir, seed, epochs, meta)
+        elif model == "nequip":
+            cmd = nequip_command(run_dir, seed, epochs, meta)
+        else:
+            cmd = tdn_command(model, run_dir, seed, epochs)
+        print(f"[cpu {cpu}] train {name} ({epochs} epoch(s))", flush=True)
+        (out / "command.txt").write_text(shlex.join(cmd) + "\n")
+        if model == "nequip":
+            shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
+        seconds = _run(cmd, cpu, log)
+        timing = {"train_s": seconds, "epochs": epochs, "cpu": _cpu_name(), "threads": 1}
+        write_json(timing_path, timing)
+    if model.startswith("tdn"):
+        shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
+    scores = run_dir / "scores"
+    cmd = [_venv_bin(model, "python"), str(HERE / "score.py"), f"--kind={KIND[model]}"]
+    cmd += [f"--model={trained_model(model, run_dir)}", f"--data={DATA}", f"--out={scores}"]
+    if any(not (scores / f"{s}.json").exists() for s in SETS):
+        print(f"[cpu {cpu}] score {name}", flush=True)
+        t0 = time.perf_counter()
+        _run([*cmd, "--sets", *SETS], cpu, log)
+        timing["score_s"] = timing.get("score_s", 0.0) + time.perf_counter() - t0
+        write_json(timing_path, timing)
+    (out / "scores").mkdir(exist_ok=True)
+    for s in SETS:
+        shutil.copy2(scores / f"{s}.json", out / "scores" / f"{s}.json")
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python benchmarks/peers/train.py --models mace tdn-cp_eager "
+        "--budget epochs --seeds 0",
+    )
+    p.add_argument("--models", nargs="+", default=list(KIND), choices=list(KIND))
+    p.add_argument("--budget", choices=("epochs", "wall"), default="epochs")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--wall-minutes", type=float, default=15.0)
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--cpus", nargs="+", type=int, help="cores to pin to (default: all)")
+    args = p.parse_args(argv)
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    jobs: queue.Queue = queue.Queue()
+    for model in args.models:
+        for seed in args.seeds:
+            jobs.put((model, seed))
+    failures: list[str] = []
+
+    def worker(cpu: int) -> None:
+        while True:
+            try:
+                model, seed = jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                job(model, args.budget, seed, cpu, args.wall_minutes)
+            except (subprocess.CalledProcessError, RuntimeError) as e:
+                failures.append(f"{model}-{args.budget}-s{seed}: {e} (log in {SCRATCH})")
+
+    cpus = args.cpus or sorted(os.sched_getaffinity(0))
+    threads = [
+        threading.Thread(target=worker, args=(cpus[i % len(cpus)],)) for i in range(args.workers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for f in failures:
+        print(f"FAILED {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
