@@ -104,6 +104,7 @@ def test_score_equals_tdn_eval_on_a_tdn_checkpoint(exported, tmp_path):
     want = json.loads(target.read_text())["splits"]["all"]
     got = score.score("tdn", CHECKPOINT, exported, tmp_path / "scores", ["test"], "float32")
     got = got["test"]
+    assert got["package"].startswith("tdn-models ") and got["parameters"] > 0
     shared = [k for k in want if k in got]
     assert {"energy_mae_eV_per_atom", "force_mae_eV_per_A", "force_rmse_eV_per_A"} <= set(shared)
     for key in shared:

@@ -66,6 +66,18 @@ def calculator(kind: str, model: Path, dtype: str):
     raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
 
 
+def describe(kind: str, calc) -> dict:
+    """The package version and the trained parameter count of ``calc``'s model."""
+    import importlib.metadata
+
+    package = {"tdn": "tdn-models", "mace": "mace-torch", "nequip": "nequip"}[kind]
+    model = calc.models[0] if kind == "mace" else calc.model
+    return {
+        "package": f"{package} {importlib.metadata.version(package)}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
 def predict(frames: list, calc, desc: str | None = None) -> dict:
     """Reference and predicted values over ``frames`` (ASE Atoms carrying REF_* labels):
     ``energy``/``energy_pred`` [B] eV, ``atoms`` [B], ``z`` [N], ``forces``/``forces_pred``
@@ -162,6 +174,7 @@ def score(kind: str, model: Path, data: Path, out: Path, sets: Iterable[str], dt
         p = predict(frames, calc, desc=name)
         m = metrics(p)
         m.update(
+            **describe(kind, calc),
             kind=kind,
             model=str(model),
             dtype="as trained" if kind == "nequip" else dtype,

@@ -262,6 +262,14 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     if "train_s" not in timing:
         epochs = epochs_for(model, budget, seed, wall_minutes)
+        if budget == "wall" and epochs == 1:
+            # one epoch is the smallest unit: this is the `epochs` run, trained once
+            same = OUT / f"{model}-epochs-s{seed}"
+            shutil.copytree(same, out, dirs_exist_ok=True)
+            timing = json.loads((same / "timing.json").read_text())
+            write_json(timing_path, {**timing, "same_run_as": same.name})
+            print(f"[cpu {cpu}] {name}: one epoch fits at most, the run of {same.name}")
+            return
         meta = _meta()
         if model == "mace":
             cmd = mace_command(run_dir, seed, epochs, meta)
@@ -293,10 +301,13 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
 
 
 def _cpu_name() -> str:
+    """The CPU model, with its family/model numbers (VMs often hide the marketing name)."""
+    fields: dict[str, str] = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "unknown CPU")
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def main(argv: list[str] | None = None) -> int:
