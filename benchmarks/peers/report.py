@@ -83,6 +83,8 @@ def summarize(runs: dict) -> dict:
             "train_min": [r["train_s"] / 60 for r in seeds],
             "cpu": seeds[0].get("cpu"),
             "test": {key: [t[key] * s for t in test] for _, key, s in COLUMNS},
+            # how hard the worst atom's label is: a close contact or a distorted start
+            "worst_atom_ref_eV_per_A": [t["force_worst_atom"]["ref_norm_eV_per_A"] for t in test],
             "ood": {
                 name: {
                     key: [r["scores"][name][key] * s for r in seeds] for _, key, s in OOD_COLUMNS
@@ -99,14 +101,15 @@ def markdown(summary: dict) -> str:
     lines = [
         "| model | package | parameters | budget | epochs | train min | "
         + " | ".join(label for label, _, _ in COLUMNS)
-        + " |",
-        "|" + "---|" * (6 + len(COLUMNS)),
+        + " | its reference |F| eV/Å |",
+        "|" + "---|" * (7 + len(COLUMNS)),
     ]
     for r in summary["rows"]:
         cells = [_cell(r["test"][key], _digits(s)) for _, key, s in COLUMNS]
         lines.append(
             f"| {r['model']} | {r['package']} | {r['parameters']:,} | {r['budget']} | "
-            f"{r['epochs']} | {_cell(r['train_min'], 1)} | " + " | ".join(cells) + " |"
+            f"{r['epochs']} | {_cell(r['train_min'], 1)} | " + " | ".join(cells) + " | "
+            f"{_cell(r['worst_atom_ref_eV_per_A'], 1)} |"
         )
     lines += ["", "Out of distribution (DFT fixtures; energies with their offset removed):", ""]
     lines.append(
