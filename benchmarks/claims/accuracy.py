@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,42 @@ def throughput(models: list[str], seed: int, batches: int, cpu: int) -> dict:
     return {"batches": len(loader), "batch_size": 16, "atoms": atoms, "threads": 1, "models": rows}
 
 
+def run_pinned(
+    tasks: list[tuple],
+    run: Callable[..., None],
+    name: Callable[..., str],
+    workers: int,
+    cpus: list[int],
+    logs: Path,
+    errors: tuple[type[Exception], ...] = (subprocess.CalledProcessError,),
+) -> list[str]:
+    """Run ``run(*task, cpu)`` for every task, ``workers`` at a time, worker i on core
+    ``cpus[i % len(cpus)]``; returns one line per failed task (``name(*task)``: why, and
+    the folder ``logs`` of its log)."""
+    jobs: queue.Queue = queue.Queue()
+    for task in tasks:
+        jobs.put(task)
+    failures: list[str] = []
+
+    def worker(cpu: int) -> None:
+        while True:
+            try:
+                task = jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                run(*task, cpu)
+            except errors as e:
+                failures.append(f"{name(*task)}: {e} (log in {logs})")
+
+    threads = [threading.Thread(target=worker, args=(cpus[i % len(cpus)],)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
@@ -202,32 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    jobs: queue.Queue = queue.Queue()
     # slow models first, so the workers finish together
-    for model in args.models:
-        for seed in args.seeds:
-            jobs.put((model, seed))
-    failures: list[str] = []
-
-    def worker(cpu: int) -> None:
-        while True:
-            try:
-                model, seed = jobs.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                job(model, seed, cpu)
-            except subprocess.CalledProcessError as e:
-                failures.append(f"{model}-s{seed}: {e} (log in {SCRATCH})")
-
+    tasks = [(model, seed) for model in args.models for seed in args.seeds]
     cpus = sorted(os.sched_getaffinity(0))
-    threads = [
-        threading.Thread(target=worker, args=(cpus[i % len(cpus)],)) for i in range(args.workers)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    failures = run_pinned(
+        tasks, job, lambda model, seed: f"{model}-s{seed}", args.workers, cpus, SCRATCH
+    )
     for f in failures:
         print(f"FAILED {f}", file=sys.stderr)
     if failures:

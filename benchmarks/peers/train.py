@@ -33,19 +33,17 @@ import argparse
 import json
 import math
 import os
-import queue
 import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
-from accuracy import BUDGET, _run  # noqa: E402  (TDN's RESULTS budget; the pinned runner)
+from accuracy import BUDGET, _run, run_pinned  # noqa: E402  (TDN's budget; pinned runners)
 
 from tdn_cli._util import write_json  # noqa: E402  (atomic)
 
@@ -342,31 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", nargs="+", type=int, help="cores to pin to (default: all)")
     args = p.parse_args(argv)
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    jobs: queue.Queue = queue.Queue()
-    for model in args.models:
-        for seed in args.seeds:
-            jobs.put((model, seed))
-    failures: list[str] = []
-
-    def worker(cpu: int) -> None:
-        while True:
-            try:
-                model, seed = jobs.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                job(model, args.budget, seed, cpu, args.wall_minutes)
-            except (subprocess.CalledProcessError, RuntimeError) as e:
-                failures.append(f"{model}-{args.budget}-s{seed}: {e} (log in {SCRATCH})")
-
-    cpus = args.cpus or sorted(os.sched_getaffinity(0))
-    threads = [
-        threading.Thread(target=worker, args=(cpus[i % len(cpus)],)) for i in range(args.workers)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    tasks = [(model, seed) for model in args.models for seed in args.seeds]
+    failures = run_pinned(
+        tasks,
+        lambda model, seed, cpu: job(model, args.budget, seed, cpu, args.wall_minutes),
+        lambda model, seed: f"{model}-{args.budget}-s{seed}",
+        args.workers,
+        args.cpus or sorted(os.sched_getaffinity(0)),
+        SCRATCH,
+        errors=(subprocess.CalledProcessError, RuntimeError),
+    )
     for f in failures:
         print(f"FAILED {f}", file=sys.stderr)
     return 1 if failures else 0
