@@ -7,14 +7,16 @@ per core), so their wall times compare. Sizes, matched to TDN's RESULTS config (
 32 channels, 2 interactions, cutoff 4.5 Å, batch 16, float32):
 
 - MACE: max_L 1, 32 channels, 2 interactions, correlation 3, its default loss, schedule
-  and learning rate, EMA; per-element E0s = export.py's least-squares references;
+  and learning rate, EMA; per-element E0s = export.py's least-squares references.
+  ``mace``: edge harmonics to its default max_ell 3; ``mace-ell1``: max_ell 1, TDN's L;
 - NequIP: l_max 1, 32 features, 2 layers (its tutorial config otherwise: Adam 0.01,
   plateau schedule, EMA; per-type shifts = the same references, no ZBL);
 - TDN: ``tdn train`` with RESULTS section 3's budget and config.
 
 Budgets: ``epochs``: one epoch over all 18,542 training snapshots (the RESULTS budget);
 ``wall``: as many whole epochs as fit ``--wall-minutes`` (default 15) at the model's
-own measured epoch time from its ``epochs`` run, its schedule set for that many epochs.
+own measured epoch time from its ``epochs`` run, its schedule set for that many epochs;
+NequIP, whose trainer can stop on the clock, trains for exactly that long instead.
 
 Everything resumes: a finished stage (timing.json's train_s, a score JSON) is skipped,
 and a killed training restarts from its last checkpoint (MACE ``--restart_latest``,
@@ -24,7 +26,7 @@ run folders and every prediction (.npz) stay in ``runs/peers/``.
 
     python benchmarks/peers/export.py
     python benchmarks/peers/train.py --models mace nequip tdn --budget epochs --seeds 0
-    python benchmarks/peers/train.py --models mace tdn --budget wall --seeds 0 1 2
+    python benchmarks/peers/train.py --models mace-ell1 tdn-cp_eager --budget wall --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -51,7 +53,15 @@ DATA = ROOT / "runs" / "peers" / "data"
 SCRATCH = ROOT / "runs" / "peers"
 OUT = ROOT / "docs" / "results" / "peers"
 VENV = {"mace": HERE / ".venv-mace", "nequip": HERE / ".venv-nequip", "tdn": ROOT / ".venv"}
-KIND = {"mace": "mace", "nequip": "nequip", "tdn-cp_eager": "tdn", "tdn-path_shared": "tdn"}
+KIND = {
+    "mace": "mace",
+    "mace-ell1": "mace",
+    "nequip": "nequip",
+    "tdn-cp_eager": "tdn",
+    "tdn-path_shared": "tdn",
+}
+#: spherical harmonics of the edges: MACE's default (3), or TDN's and NequIP's L (1)
+MACE_ELL = {"mace": 3, "mace-ell1": 1}
 SETS = ["test", "ood_md17_ethanol", "ood_md17_aspirin", "ood_iso17"]
 #: matched sizes (see the module docstring)
 CUTOFF, CHANNELS, LAYERS, BATCH = 4.5, 32, 2, 16
@@ -71,7 +81,7 @@ def _venv_bin(model: str, name: str) -> str:
     return str(path)
 
 
-def mace_command(run_dir: Path, seed: int, epochs: int, meta: dict) -> list[str]:
+def mace_command(model: str, run_dir: Path, seed: int, epochs: int, meta: dict) -> list[str]:
     e0 = "{" + ", ".join(f"{z}: {e!r}" for z, e in meta["e0_eV"].items()) + "}"
     return [
         _venv_bin("mace", "mace_run_train"),
@@ -86,6 +96,7 @@ def mace_command(run_dir: Path, seed: int, epochs: int, meta: dict) -> list[str]
         "--model=MACE",
         f"--num_channels={CHANNELS}",
         "--max_L=1",
+        f"--max_ell={MACE_ELL[model]}",
         f"--num_interactions={LAYERS}",
         "--correlation=3",
         f"--r_max={CUTOFF}",
@@ -102,8 +113,11 @@ def mace_command(run_dir: Path, seed: int, epochs: int, meta: dict) -> list[str]
     ]
 
 
-def nequip_config(run_dir: Path, seed: int, epochs: int, meta: dict) -> dict:
-    """nequip-train's config (its tutorial's, at the matched size, for molecules on a CPU)."""
+def nequip_config(run_dir: Path, seed: int, epochs: int | None, meta: dict, wall_s: float) -> dict:
+    """nequip-train's config (its tutorial's, at the matched size, for molecules on a CPU).
+
+    ``epochs=None``: train for ``wall_s`` seconds by Lightning's own ``max_time`` (its
+    plateau schedule does not need the epoch count in advance)."""
     from ase.data import chemical_symbols
 
     types = [chemical_symbols[z] for z in meta["elements"]]
@@ -143,7 +157,11 @@ def nequip_config(run_dir: Path, seed: int, epochs: int, meta: dict) -> dict:
             "_target_": "lightning.Trainer",
             "accelerator": "cpu",
             "devices": 1,
-            "max_epochs": epochs,
+            **(
+                {"max_epochs": epochs}
+                if epochs is not None
+                else {"max_epochs": 10_000, "max_time": {"seconds": round(wall_s)}}
+            ),
             "enable_progress_bar": False,
             "log_every_n_steps": 50,
             "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(run_dir)},
@@ -210,12 +228,16 @@ def nequip_config(run_dir: Path, seed: int, epochs: int, meta: dict) -> dict:
     }
 
 
-def nequip_command(run_dir: Path, seed: int, epochs: int, meta: dict) -> list[str]:
+def nequip_command(
+    run_dir: Path, seed: int, epochs: int | None, meta: dict, wall_s: float
+) -> list[str]:
     import yaml
 
     config = run_dir / "config.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.write_text(yaml.safe_dump(nequip_config(run_dir, seed, epochs, meta), sort_keys=False))
+    config.write_text(
+        yaml.safe_dump(nequip_config(run_dir, seed, epochs, meta, wall_s), sort_keys=False)
+    )
     cmd = [_venv_bin("nequip", "nequip-train"), "-cp", str(run_dir), "-cn", "config"]
     cmd.append(f"hydra.run.dir={run_dir}")
     if (run_dir / "last.ckpt").exists():
@@ -248,17 +270,33 @@ def mace_train_seconds(run_dir: Path) -> float:
     raise RuntimeError(f"{run_dir}: no 'Saving model to' line in mace_run-0.log")
 
 
+def validated_epochs(run_dir: Path) -> int:
+    """Epochs nequip-train finished and validated (Lightning's CSV log), for a run that
+    stopped on the clock: a part epoch after the last validation is not counted."""
+    import csv
+
+    with open(run_dir / "lightning_logs" / "version_0" / "metrics.csv") as f:
+        return sum(1 for row in csv.DictReader(f) if row["val0_epoch/weighted_sum"])
+
+
 def trained_model(model: str, run_dir: Path) -> Path:
-    if model == "mace":
+    if model.startswith("mace"):
         return run_dir / "mace.model"
     if model == "nequip":
         return run_dir / "best.ckpt"
     return run_dir / "checkpoints" / "best.pt"
 
 
-def epochs_for(model: str, budget: str, seed: int, wall_minutes: float) -> int:
+def epochs_for(model: str, budget: str, seed: int, wall_minutes: float) -> int | None:
+    """Epochs to train; ``None``: the trainer stops itself at the wall budget (NequIP).
+
+    The others get the whole epochs that fit at their ``epochs`` run's time. That time
+    includes the trainer's start (NequIP: 75 s of 183 s), so for a trainer that can stop
+    on the clock, its own stop is the fairer rule."""
     if budget == "epochs":
         return 1
+    if model == "nequip":
+        return None
     ref = OUT / f"{model}-epochs-s{seed}" / "timing.json"
     if not ref.exists():
         raise RuntimeError(f"budget wall needs the epoch time of {ref.parent.name}: train it first")
@@ -285,19 +323,22 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
             print(f"[cpu {cpu}] {name}: one epoch fits at most, the run of {same.name}")
             return
         meta = _meta()
-        if model == "mace":
-            cmd = mace_command(run_dir, seed, epochs, meta)
+        if model.startswith("mace"):
+            cmd = mace_command(model, run_dir, seed, epochs, meta)
         elif model == "nequip":
-            cmd = nequip_command(run_dir, seed, epochs, meta)
+            cmd = nequip_command(run_dir, seed, epochs, meta, wall_minutes * 60)
         else:
             cmd = tdn_command(model, run_dir, seed, epochs)
-        print(f"[cpu {cpu}] train {name} ({epochs} epoch(s))", flush=True)
+        length = f"{epochs} epoch(s)" if epochs else f"{wall_minutes:g} min"
+        print(f"[cpu {cpu}] train {name} ({length})", flush=True)
         (out / "command.txt").write_text(shlex.join(cmd) + "\n")
         if model == "nequip":
             shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
         seconds = _run(cmd, cpu, log)
+        if epochs is None:
+            epochs = validated_epochs(run_dir)
         timing = {"wall_s": seconds, "epochs": epochs, "cpu": _cpu_name(), "threads": 1}
-        timing["train_s"] = mace_train_seconds(run_dir) if model == "mace" else seconds
+        timing["train_s"] = mace_train_seconds(run_dir) if model.startswith("mace") else seconds
         write_json(timing_path, timing)
     if model.startswith("tdn"):
         shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
