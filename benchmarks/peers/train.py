@@ -255,19 +255,20 @@ def tdn_command(model: str, run_dir: Path, seed: int, epochs: int) -> list[str]:
     return cmd
 
 
-def mace_train_seconds(run_dir: Path) -> float:
+def mace_train_seconds(run_dir: Path, seed: int) -> float:
     """Seconds from mace_run_train's first log line to its saved model: after that it
     evaluates the whole training and validation sets for its error table (10 min here),
     which is not training (tdn train and nequip-train only validate)."""
     from datetime import datetime
 
     stamps = []
-    for line in (run_dir / "logs" / "mace_run-0.log").read_text().splitlines():
+    log = run_dir / "logs" / f"mace_run-{seed}.log"  # its run tag ends in the seed
+    for line in log.read_text().splitlines():
         if line[:4].isdigit() and (not stamps or "Saving model to" in line):
             stamps.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f"))
             if len(stamps) == 2:
                 return (stamps[1] - stamps[0]).total_seconds()
-    raise RuntimeError(f"{run_dir}: no 'Saving model to' line in mace_run-0.log")
+    raise RuntimeError(f"{log}: no 'Saving model to' line")
 
 
 def validated_epochs(run_dir: Path) -> int:
@@ -338,7 +339,7 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         if epochs is None:
             epochs = validated_epochs(run_dir)
         timing = {"wall_s": seconds, "epochs": epochs, "cpu": _cpu_name(), "threads": 1}
-        timing["train_s"] = mace_train_seconds(run_dir) if model.startswith("mace") else seconds
+        timing["train_s"] = mace_train_seconds(run_dir, seed) if model.startswith("mace") else seconds
         write_json(timing_path, timing)
     if model.startswith("tdn"):
         shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
