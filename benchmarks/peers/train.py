@@ -160,7 +160,7 @@ def nequip_config(run_dir: Path, seed: int, epochs: int | None, meta: dict, wall
             **(
                 {"max_epochs": epochs}
                 if epochs is not None
-                else {"max_epochs": 10_000, "max_time": {"seconds": round(wall_s)}}
+                else {"max_epochs": 10_000, "max_time": _dd_hh_mm_ss(wall_s)}
             ),
             "enable_progress_bar": False,
             "log_every_n_steps": 50,
@@ -226,6 +226,14 @@ def nequip_config(run_dir: Path, seed: int, epochs: int | None, meta: dict, wall
             },
         },
     }
+
+
+def _dd_hh_mm_ss(seconds: float) -> str:
+    """Lightning's string form of ``max_time`` (Hydra's dicts do not reach it as one)."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
 def nequip_command(
@@ -339,7 +347,9 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         if epochs is None:
             epochs = validated_epochs(run_dir)
         timing = {"wall_s": seconds, "epochs": epochs, "cpu": _cpu_name(), "threads": 1}
-        timing["train_s"] = mace_train_seconds(run_dir, seed) if model.startswith("mace") else seconds
+        if model.startswith("mace"):
+            seconds = mace_train_seconds(run_dir, seed)
+        timing["train_s"] = seconds
         write_json(timing_path, timing)
     if model.startswith("tdn"):
         shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
