@@ -29,6 +29,8 @@ from tdn_cli._util import write_json  # noqa: E402
 COLUMNS = [
     ("E MAE meV/atom", "energy_mae_eV_per_atom", 1e3),
     ("E RMSE meV/atom", "energy_rmse_eV_per_atom", 1e3),
+    # MACE's one-epoch energies are off by a constant (its loss weighs forces 100x)
+    ("E MAE debiased meV/atom", "energy_mae_debiased_eV_per_atom", 1e3),
     ("F MAE meV/Å", "force_mae_eV_per_A", 1e3),
     ("F RMSE meV/Å", "force_rmse_eV_per_A", 1e3),
     ("F p99.9 atom eV/Å", "force_atom_p999_eV_per_A", 1.0),

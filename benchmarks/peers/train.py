@@ -279,13 +279,15 @@ def mace_train_seconds(run_dir: Path, seed: int) -> float:
     raise RuntimeError(f"{log}: no 'Saving model to' line")
 
 
-def validated_epochs(run_dir: Path) -> int:
-    """Epochs nequip-train finished and validated (Lightning's CSV log), for a run that
-    stopped on the clock: a part epoch after the last validation is not counted."""
+def trained_epochs(run_dir: Path) -> float:
+    """Epochs nequip-train ran before its clock stopped it, from Lightning's CSV log: the
+    step of its last validation (Lightning validates once more when it stops) over the
+    steps of one epoch (the step of the first)."""
     import csv
 
     with open(run_dir / "lightning_logs" / "version_0" / "metrics.csv") as f:
-        return sum(1 for row in csv.DictReader(f) if row["val0_epoch/weighted_sum"])
+        steps = [int(r["step"]) + 1 for r in csv.DictReader(f) if r["val0_epoch/weighted_sum"]]
+    return round(steps[-1] / steps[0], 2)
 
 
 def trained_model(model: str, run_dir: Path) -> Path:
@@ -345,7 +347,7 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
             shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
         seconds = _run(cmd, cpu, log)
         if epochs is None:
-            epochs = validated_epochs(run_dir)
+            epochs = trained_epochs(run_dir)
         timing = {"wall_s": seconds, "epochs": epochs, "cpu": _cpu_name(), "threads": 1}
         if model.startswith("mace"):
             seconds = mace_train_seconds(run_dir, seed)
