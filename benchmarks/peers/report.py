@@ -83,6 +83,8 @@ def summarize(runs: dict) -> dict:
             "parameters": test[0]["parameters"],
             "epochs": seeds[0]["epochs"],
             "train_min": [r["train_s"] / 60 for r in seeds],
+            # resumed after a kill: its time counts only the part after it
+            "resumed": any(r.get("resumed") for r in seeds),
             "cpu": seeds[0].get("cpu"),
             "test": {key: [t[key] * s for t in test] for _, key, s in COLUMNS},
             # how hard the worst atom's label is: a close contact or a distorted start
@@ -110,9 +112,13 @@ def markdown(summary: dict) -> str:
         cells = [_cell(r["test"][key], _digits(s)) for _, key, s in COLUMNS]
         lines.append(
             f"| {r['model']} | {r['package']} | {r['parameters']:,} | {r['budget']} | "
-            f"{r['epochs']} | {_cell(r['train_min'], 1)} | " + " | ".join(cells) + " | "
+            f"{r['epochs']} | {_cell(r['train_min'], 1)}{' †' if r['resumed'] else ''} | "
+            + " | ".join(cells)
+            + " | "
             f"{_cell(r['worst_atom_ref_eV_per_A'], 1)} |"
         )
+    if any(r["resumed"] for r in summary["rows"]):
+        lines += ["", "† resumed after a kill: the time counts only the part after it."]
     lines += ["", "Out of distribution (DFT fixtures; energies with their offset removed):", ""]
     lines.append(
         "| model | budget | set | " + " | ".join(label for label, _, _ in OOD_COLUMNS) + " |"

@@ -334,6 +334,7 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
             print(f"[cpu {cpu}] {name}: one epoch fits at most, the run of {same.name}")
             return
         meta = _meta()
+        resumed = run_dir.exists()  # before nequip_command writes its config there
         if model.startswith("mace"):
             cmd = mace_command(model, run_dir, seed, epochs, meta)
         elif model == "nequip":
@@ -341,7 +342,7 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         else:
             cmd = tdn_command(model, run_dir, seed, epochs)
         length = f"{epochs} epoch(s)" if epochs else f"{wall_minutes:g} min"
-        print(f"[cpu {cpu}] train {name} ({length})", flush=True)
+        print(f"[cpu {cpu}] train {name} ({length}{', resume' if resumed else ''})", flush=True)
         (out / "command.txt").write_text(shlex.join(cmd) + "\n")
         if model == "nequip":
             shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
@@ -349,6 +350,8 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         if epochs is None:
             epochs = trained_epochs(run_dir)
         timing = {"wall_s": seconds, "epochs": epochs, "cpu": _cpu_name(), "threads": 1}
+        if resumed:  # its times count only the part after the interruption
+            timing["resumed"] = True
         if model.startswith("mace"):
             seconds = mace_train_seconds(run_dir, seed)
         timing["train_s"] = seconds
