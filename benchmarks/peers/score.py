@@ -40,22 +40,33 @@ KINDS = ("tdn", "mace", "nequip")
 DEFAULT_SETS = ("test", "ood_md17_ethanol", "ood_md17_aspirin", "ood_iso17")
 
 
-def calculator(kind: str, model: Path, dtype: str):
+def calculator(
+    kind: str, model: Path, dtype: str, backend: str | None = None, compile: bool = False
+):
     """The ASE calculator of a trained ``model`` of package ``kind``, on the CPU.
 
     ``dtype``: "float32" or "float64" for TDN and MACE, which cast a model at load;
     NequIP runs in the dtype its model was trained in (``model_dtype``).
+    ``backend`` (TDN only): the tensor-product backend to run it with (None: the
+    checkpoint's). ``compile``: the package's own ``torch.compile`` path (TDN's
+    ``compile=True``, MACE's ``compile_mode="default"``; NequIP compiles ahead of time
+    with ``nequip-compile`` instead, not offered here).
     """
+    if backend is not None and kind != "tdn":
+        raise ValueError(f"backend: only TDN has tensor-product backends, not {kind}")
     if kind == "tdn":
         import torch
 
         from tdn_models import TDNCalculator
 
-        return TDNCalculator(model, dtype=getattr(torch, dtype))
+        return TDNCalculator(model, backend=backend, dtype=getattr(torch, dtype), compile=compile)
     if kind == "mace":
         from mace.calculators import MACECalculator
 
-        return MACECalculator(model_paths=str(model), device="cpu", default_dtype=dtype)
+        fast = {"compile_mode": "default"} if compile else {}
+        return MACECalculator(model_paths=str(model), device="cpu", default_dtype=dtype, **fast)
+    if compile:
+        raise ValueError("compile: NequIP compiles ahead of time (nequip-compile), not here")
     if kind == "nequip":
         from nequip.integrations.ase import NequIPCalculator
 

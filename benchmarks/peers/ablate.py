@@ -1,0 +1,138 @@
+"""Ablations of TDN's config on the VALIDATION split: what closes the gap to MACE.
+
+Each ablation is RESULTS section 3's run (``tdn train``, one epoch over the whole
+training split, 1,000 validation snapshots, seed 0, cp_eager, one thread pinned to one
+core) with a few overrides. It reports the last validation row of metrics.csv (EMA
+weights) and the training time, so error and cost are read side by side; the test split
+is never looked at here (train.py scores the chosen config once).
+
+Results: ``docs/results/peers/ablations/<name>.json``; ``--table`` prints them all as
+markdown. Finished ablations are skipped, a killed one resumes (and says so).
+
+    python benchmarks/peers/ablate.py                       # every ablation below
+    python benchmarks/peers/ablate.py --only base ew1 --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
+from accuracy import BUDGET, TDN, _run, run_pinned  # noqa: E402
+
+from tdn_cli._util import write_json  # noqa: E402  (atomic)
+
+SCRATCH = ROOT / "runs" / "peers" / "ablations"
+OUT = ROOT / "docs" / "results" / "peers" / "ablations"
+#: name -> overrides of RESULTS section 3's config (model=tdn backend=cp_eager, BUDGET)
+ABLATIONS: dict[str, list[str]] = {
+    "base": [],
+    # loss weights (per-atom energy and force MSE, both in RMS-force units): the default
+    # weighs energies 10:1; MACE weighs forces 100:1 (in eV and eV/Å)
+    "ew10": ["trainer.energy_weight=10"],
+    "ew1": ["trainer.energy_weight=1"],
+    "ew1-fw100": ["trainer.energy_weight=1", "trainer.force_weight=100"],
+    "lr5e-3": ["trainer.optimizer.lr=5e-3"],
+    "batch8": ["trainer.batch_size=8"],
+    "lmax2": ["model.lmax=2"],
+    "channels48": ["model.channels=48"],
+    "layers3": ["model.layers=3"],
+    "radial64": ["model.radial_hidden=64"],
+    "heads8": ["model.heads=8"],
+}
+
+
+def job(name: str, cpu: int) -> None:
+    run_dir, target = SCRATCH / name, OUT / f"{name}.json"
+    if target.exists():
+        return
+    resumed = (run_dir / "checkpoints" / "last.pt").exists()
+    cmd = [TDN, "train", "model=tdn", "backend=cp_eager", *BUDGET, *ABLATIONS[name]]
+    cmd += ["seed=0", f"output_dir={run_dir}", *(["resume=true"] if resumed else [])]
+    print(f"[cpu {cpu}] {name}{' (resume)' if resumed else ''}", flush=True)
+    seconds = _run(cmd, cpu, SCRATCH / f"{name}.log")
+    with open(run_dir / "metrics.csv") as f:
+        val = [r for r in csv.DictReader(f) if r["split"] == "val"][-1]
+    result = {
+        "overrides": ABLATIONS[name],
+        "parameters": _parameters(run_dir / "checkpoints" / "best.pt"),
+        "train_s": seconds,
+        "val_energy_mae_meV_per_atom": 1e3 * float(val["energy_mae_per_atom"]),
+        "val_force_mae_meV_per_A": 1e3 * float(val["force_mae"]),
+        "val_snapshots": 1000,
+        "seed": 0,
+        "threads": 1,
+    }
+    if resumed:  # its time counts only the part after the interruption
+        result["resumed"] = True
+    write_json(target, result)
+
+
+def _parameters(checkpoint: Path) -> int:
+    from tdn_models import load_checkpoint
+
+    net, _ = load_checkpoint(checkpoint)
+    return sum(p.numel() for p in net.parameters())
+
+
+def table() -> str:
+    """Markdown: every finished ablation, by validation force MAE."""
+    rows = {p.stem: json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))}
+    if "base" not in rows:
+        raise SystemExit(f"{OUT / 'base.json'} missing: run the `base` ablation first")
+    base = rows["base"]
+    lines = [
+        "| ablation | overrides | parameters | epoch min | × base time | epochs in 15 min "
+        "| val E MAE meV/atom | val F MAE meV/Å | × base F |",
+        "|" + "---|" * 9,
+    ]
+    for name, r in sorted(rows.items(), key=lambda kv: kv[1]["val_force_mae_meV_per_A"]):
+        dagger = " †" if r.get("resumed") else ""
+        lines.append(
+            f"| {name} | {' '.join(r['overrides']) or '(RESULTS config)'} | "
+            f"{r['parameters']:,} | {r['train_s'] / 60:.1f}{dagger} | "
+            f"{r['train_s'] / base['train_s']:.2f} | {max(1, math.floor(900 / r['train_s']))} | "
+            f"{r['val_energy_mae_meV_per_atom']:.1f} | {r['val_force_mae_meV_per_A']:.1f} | "
+            f"{r['val_force_mae_meV_per_A'] / base['val_force_mae_meV_per_A']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python benchmarks/peers/ablate.py --only base ew1 --table",
+    )
+    p.add_argument("--only", nargs="+", choices=list(ABLATIONS), help="default: all")
+    p.add_argument("--table", action="store_true", help="print the markdown table at the end")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--cpus", nargs="+", type=int, help="cores to pin to (default: all)")
+    args = p.parse_args(argv)
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    failures = run_pinned(
+        [(name,) for name in args.only or ABLATIONS],
+        job,
+        lambda name: name,
+        args.workers,
+        args.cpus or sorted(os.sched_getaffinity(0)),
+        SCRATCH,
+    )
+    for f in failures:
+        print(f"FAILED {f}", file=sys.stderr)
+    if args.table:
+        print(table())
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
