@@ -126,3 +126,23 @@ def test_score_errors_name_the_argument(exported, tmp_path):
         score.score("tdn", CHECKPOINT, exported, tmp_path, ["nope"], "float32")
     with pytest.raises(ValueError, match="kind"):
         score.calculator("schnet", CHECKPOINT, "float32")
+
+
+def test_speed_box_keeps_its_copies_apart_across_the_cell():
+    from ase import Atoms
+    from ase.geometry import get_distances
+
+    speed = _module("speed")
+    rng = np.random.default_rng(0)
+    mol = Atoms(numbers=rng.integers(1, 9, 20), positions=rng.uniform(-3, 3, (20, 3)))
+    box = speed.periodic_box(mol, copies=10, grid=(3, 2, 2), gap=3.0)
+    assert len(box) == 200 and box.pbc.all()
+    _, d = get_distances(box.positions, cell=box.cell, pbc=True)  # minimum image
+    copy = np.repeat(np.arange(10), 20)
+    between = d[copy[:, None] != copy[None, :]]
+    assert between.min() >= 3.0 - 1e-9
+    # each copy is the molecule itself, translated
+    first = box.positions[:20] - box.positions[:20].mean(axis=0)
+    np.testing.assert_allclose(first, mol.positions - mol.positions.mean(axis=0), atol=1e-12)
+    with pytest.raises(ValueError, match="copies: expected 1 to 12"):
+        speed.periodic_box(mol, copies=13, grid=(3, 2, 2), gap=3.0)

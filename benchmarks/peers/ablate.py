@@ -7,16 +7,19 @@ weights) and the training time, so error and cost are read side by side; the tes
 is never looked at here (train.py scores the chosen config once).
 
 Results: ``docs/results/peers/ablations/<name>.json``; ``--table`` prints them all as
-markdown. Finished ablations are skipped, a killed one resumes (and says so).
+markdown (and trains nothing). Finished ablations are skipped, a killed one resumes (and
+says so); a second runner on the same folder is refused, not let loose on the same runs.
 
     python benchmarks/peers/ablate.py                       # every ablation below
-    python benchmarks/peers/ablate.py --only base ew1 --table
+    python benchmarks/peers/ablate.py --only base ew1
+    python benchmarks/peers/ablate.py --table
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -110,15 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  python benchmarks/peers/ablate.py --only base ew1 --table",
+        epilog="example:\n  python benchmarks/peers/ablate.py --only base ew1\n"
+        "  python benchmarks/peers/ablate.py --table",
     )
     p.add_argument("--only", nargs="+", choices=list(ABLATIONS), help="default: all")
-    p.add_argument("--table", action="store_true", help="print the markdown table at the end")
+    p.add_argument("--table", action="store_true", help="only print the table of finished ones")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--cpus", nargs="+", type=int, help="cores to pin to (default: all)")
     args = p.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
     SCRATCH.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    lock = open(SCRATCH / ".lock", "w")  # held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        p.error(f"another ablate.py runs on {SCRATCH}: wait for it, or stop it first")
     failures = run_pinned(
         [(name,) for name in args.only or ABLATIONS],
         job,
@@ -129,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     for f in failures:
         print(f"FAILED {f}", file=sys.stderr)
-    if args.table:
-        print(table())
     return 1 if failures else 0
 
 

@@ -54,6 +54,23 @@ MODELS: dict[str, tuple[str, Path, str | None, bool]] = {
 MD_STEPS = {"mol20": 100, "box200": 20}
 
 
+def periodic_box(mol, copies: int, grid: tuple[int, int, int], gap: float):
+    """``copies`` translated copies of the molecule ``mol`` (ASE Atoms) on a ``grid`` of
+    slots in a periodic orthorhombic cell, filled in order; ``gap`` (Å): the closest two
+    copies come, also across the cell's faces."""
+    from ase import Atoms
+
+    slots = [(i, j, k) for i in range(grid[0]) for j in range(grid[1]) for k in range(grid[2])]
+    if not 0 < copies <= len(slots):
+        raise ValueError(f"copies: expected 1 to {len(slots)} for grid {grid}, got {copies}")
+    pos = mol.positions - mol.positions.min(axis=0)
+    step = pos.max(axis=0) + gap
+    box = Atoms(cell=np.diag(step * np.asarray(grid)), pbc=True)
+    for slot in slots[:copies]:
+        box += Atoms(numbers=mol.numbers, positions=pos + step * np.asarray(slot))
+    return box
+
+
 def export() -> None:
     """Write molecules16.extxyz, mol20.extxyz and box200.extxyz (``.venv`` only)."""
     from ase import Atoms
@@ -70,15 +87,7 @@ def export() -> None:
     test = load_dataset("embedded", split="test")
     mol20 = next(test[i] for i in range(len(test)) if test[i].num_nodes == 20)
     mol = Atoms(numbers=mol20.z.numpy(), positions=mol20.pos.double().numpy())
-    mol.positions -= mol.positions.min(axis=0)
-    # ten copies on a 3x2x2 grid (two slots left empty), 3 Å apart at their closest
-    step = mol.positions.max(axis=0) + 3.0
-    slots = [(i, j, k) for i in range(3) for j in range(2) for k in range(2)][:10]
-    box = Atoms(cell=np.diag(step * (3, 2, 2)), pbc=True)
-    for slot in slots:
-        copy = mol.copy()
-        copy.positions += step * np.asarray(slot)
-        box += copy
+    box = periodic_box(mol, copies=10, grid=(3, 2, 2), gap=3.0)
     for name, frames in (("molecules16", mols), ("mol20", [mol]), ("box200", [box])):
         tmp = DATA / f".{name}.tmp.extxyz"
         write(tmp, frames, format="extxyz")
