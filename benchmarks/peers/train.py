@@ -11,7 +11,10 @@ per core), so their wall times compare. Sizes, matched to TDN's RESULTS config (
   ``mace``: edge harmonics to its default max_ell 3; ``mace-ell1``: max_ell 1, TDN's L;
 - NequIP: l_max 1, 32 features, 2 layers (its tutorial config otherwise: Adam 0.01,
   plateau schedule, EMA; per-type shifts = the same references, no ZBL);
-- TDN: ``tdn train`` with RESULTS section 3's budget and config.
+- TDN: ``tdn train`` with RESULTS section 3's budget, at section 3's config
+  (``tdn-<backend>``) or at the best of ablate.py's (``tdn-best-<backend>``:
+  ``experiment=tdn-best``, the default of ``tdn train``). Its one-epoch run is section 3's
+  own (accuracy.py's), trained once for both sections.
 
 Budgets: ``epochs``: one epoch over all 18,542 training snapshots (the RESULTS budget);
 ``wall``: as many whole epochs as fit ``--wall-minutes`` (default 15) at the model's
@@ -45,7 +48,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
-from accuracy import BUDGET, _run, run_pinned  # noqa: E402  (TDN's budget; pinned runners)
+import accuracy  # noqa: E402  (TDN's configs and one-epoch runs; pinned runners)
+from accuracy import _run, run_pinned  # noqa: E402
 
 from tdn_cli._util import write_json  # noqa: E402  (atomic)
 
@@ -59,6 +63,7 @@ KIND = {
     "nequip": "nequip",
     "tdn-cp_eager": "tdn",
     "tdn-path_shared": "tdn",
+    "tdn-best-cp_eager": "tdn",
 }
 #: spherical harmonics of the edges: MACE's default (3), or TDN's and NequIP's L (1)
 MACE_ELL = {"mace": 3, "mace-ell1": 1}
@@ -254,9 +259,10 @@ def nequip_command(
 
 
 def tdn_command(model: str, run_dir: Path, seed: int, epochs: int) -> list[str]:
-    backend = model.split("-", 1)[1]
-    overrides = [o for o in BUDGET if not o.startswith("trainer.max_epochs=")]
-    cmd = [_venv_bin("tdn", "tdn"), "train", "model=tdn", f"backend={backend}", *overrides]
+    """``tdn train`` for ``model``: section 3's config (``tdn-<backend>``) or the best one
+    (``tdn-best-<backend>``), at the RESULTS budget but ``epochs`` epochs."""
+    overrides = [o for o in accuracy.MODELS[model][0] if not o.startswith("trainer.max_epochs=")]
+    cmd = [_venv_bin("tdn", "tdn"), "train", *overrides]
     cmd += [f"trainer.max_epochs={epochs}", f"seed={seed}", f"output_dir={run_dir}"]
     if (run_dir / "checkpoints" / "last.pt").exists():
         cmd.append("resume=true")
@@ -323,6 +329,17 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
     log = SCRATCH / f"{name}.log"
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    if budget == "epochs" and KIND[model] == "tdn" and model in accuracy.MODELS:
+        # TDN's one-epoch run is RESULTS section 3's (accuracy.py): trained once, for both
+        run_dir = accuracy.SCRATCH / f"{model}-s{seed}"
+        if "train_s" not in timing:
+            accuracy.job(model, seed, cpu)
+            same = json.loads((accuracy.OUT / f"{model}-s{seed}" / "timing.json").read_text())
+            timing = {"wall_s": same["train_s"], "epochs": 1, "cpu": _cpu_name(), "threads": 1}
+            timing.update(train_s=same["train_s"], same_run_as=f"accuracy/{model}-s{seed}")
+            if same.get("resumed"):
+                timing["resumed"] = True
+            write_json(timing_path, timing)
     if "train_s" not in timing:
         epochs = epochs_for(model, budget, seed, wall_minutes)
         if budget == "wall" and epochs == 1:

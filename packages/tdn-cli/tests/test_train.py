@@ -55,6 +55,15 @@ def test_defaults_compose_with_targets():
     assert cfg["output_dir"] == "runs/default" and cfg["resume"] is False
 
 
+def test_tdn_best_is_the_default():
+    # experiment=tdn-best names the ablated best config (RESULTS section 5); it must stay
+    # what `tdn train` runs without overrides, or one of the two has drifted
+    default = train._resolved(train.compose_config([]))
+    best = train._resolved(train.compose_config(["experiment=tdn-best"]))
+    assert best == default
+    assert default["model"]["channels"] == 48 and default["trainer"]["batch_size"] == 8
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
