@@ -238,6 +238,13 @@ def run_pinned(
     return failures
 
 
+def report_failures(failures: list[str]) -> int:
+    """Print ``run_pinned``'s failures to stderr; the exit status: 1 if any, else 0."""
+    for f in failures:
+        print(f"FAILED {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
@@ -257,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = run_pinned(
         tasks, job, lambda model, seed: f"{model}-s{seed}", args.workers, cpus, SCRATCH
     )
-    for f in failures:
-        print(f"FAILED {f}", file=sys.stderr)
-    if failures:
+    if report_failures(failures):
         return 1
     if args.throughput_batches:
         seed = args.seeds[0]

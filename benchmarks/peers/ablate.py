@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
-from accuracy import BUDGET, TDN, _run, run_pinned  # noqa: E402
+from accuracy import BUDGET, TDN, _run, report_failures, run_pinned  # noqa: E402
 
 from tdn_cli._util import write_json  # noqa: E402  (atomic)
 
@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         SCRATCH,
         errors=(subprocess.CalledProcessError, RuntimeError),
     )
-    for f in failures:
-        print(f"FAILED {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return report_failures(failures)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from score import _write_atomic, calculator, describe  # noqa: E402  (runs in every venv)
+
 ROOT = HERE.parents[1]
 DATA = ROOT / "runs" / "peers" / "data" / "speed"
 OUT = ROOT / "docs" / "results" / "peers" / "speed"
@@ -71,6 +74,10 @@ def periodic_box(mol, copies: int, grid: tuple[int, int, int], gap: float):
     return box
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    _write_atomic(path, lambda t: t.write_text(json.dumps(obj, indent=1) + "\n"))
+
+
 def export() -> None:
     """Write molecules16.extxyz, mol20.extxyz and box200.extxyz (``.venv`` only)."""
     from ase import Atoms
@@ -89,9 +96,7 @@ def export() -> None:
     mol = Atoms(numbers=mol20.z.numpy(), positions=mol20.pos.double().numpy())
     box = periodic_box(mol, copies=10, grid=(3, 2, 2), gap=3.0)
     for name, frames in (("molecules16", mols), ("mol20", [mol]), ("box200", [box])):
-        tmp = DATA / f".{name}.tmp.extxyz"
-        write(tmp, frames, format="extxyz")
-        os.replace(tmp, DATA / f"{name}.extxyz")
+        _write_atomic(DATA / f"{name}.extxyz", lambda t, f=frames: write(t, f, format="extxyz"))
     print(f"wrote {DATA}: {sum(len(m) for m in mols)} atoms in 16 molecules, "
           f"{len(mol)}-atom molecule, {len(box)}-atom box")  # fmt: skip
 
@@ -107,9 +112,6 @@ def time_one(
     from ase.io import read
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
-
-    sys.path.insert(0, str(HERE))
-    from score import calculator, describe
 
     torch.set_num_threads(1)
     calc = calculator(kind, model, "float32", backend=backend, compile=compile)
@@ -189,9 +191,7 @@ def table() -> str:
             f"{r['inference_atoms_per_s']:.0f} | {r['md_mol20_steps_per_s']:.1f} | "
             f"{r['md_box200_steps_per_s']:.2f} |"
         )
-    tmp = OUT.parent / ".speed.json.tmp"
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    os.replace(tmp, OUT.parent / "speed.json")
+    _write_json(OUT.parent / "speed.json", rows)
     return "\n".join(lines)
 
 
@@ -234,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         result = time_one(args.kind, args.model, args.backend, args.compile, args.inference_reps)
         result.update(kind=args.kind, model=str(args.model), backend=args.backend,
                       compile=args.compile, threads=1, dtype="float32")  # fmt: skip
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, args.out)
+        _write_json(args.out, result)
         print(json.dumps(result), flush=True)
     return 0
 

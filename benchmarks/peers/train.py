@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
 import accuracy  # noqa: E402  (TDN's configs and one-epoch runs; pinned runners)
-from accuracy import _run, run_pinned  # noqa: E402
+from accuracy import _run, report_failures, run_pinned  # noqa: E402
 
 from tdn_cli._util import write_json  # noqa: E402  (atomic)
 
@@ -424,9 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         SCRATCH,
         errors=(subprocess.CalledProcessError, RuntimeError),
     )
-    for f in failures:
-        print(f"FAILED {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return report_failures(failures)
 
 
 if __name__ == "__main__":
