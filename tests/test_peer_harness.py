@@ -146,3 +146,21 @@ def test_speed_box_keeps_its_copies_apart_across_the_cell():
     np.testing.assert_allclose(first, mol.positions - mol.positions.mean(axis=0), atol=1e-12)
     with pytest.raises(ValueError, match="copies: expected 1 to 12"):
         speed.periodic_box(mol, copies=13, grid=(3, 2, 2), gap=3.0)
+
+
+def test_wall_budget_is_whole_epochs_for_mace_and_steps_for_tdn():
+    # the committed one-epoch runs: MACE-ell1 276 s, tdn-best 472 s per epoch
+    train = _module("train")
+    epochs_run = train.OUT / "tdn-best-cp_eager-epochs-s0" / "timing.json"
+    epoch_s = json.loads(epochs_run.read_text())["train_s"]
+    per_epoch = train.tdn_steps_per_epoch("tdn-best-cp_eager", 0)
+    assert per_epoch == 18542 // 8  # every snapshot of the training split, batch 8
+    assert train.epochs_for("mace-ell1", "wall", 0, 15.0) == 3
+    epochs = train.epochs_for("tdn-best-cp_eager", "wall", 0, 15.0)
+    steps = round(epochs * per_epoch)
+    assert steps == int(900 / epoch_s * per_epoch) and 1 < epochs < 2
+    cmd = train.tdn_command("tdn-best-cp_eager", Path("run"), 0, epochs)
+    assert "trainer.max_epochs=2" in cmd and f"trainer.max_steps={steps}" in cmd
+    whole = train.tdn_command("tdn-best-cp_eager", Path("run"), 0, 1.0)
+    assert not any(c.startswith("trainer.max_steps=") for c in whole)
+    assert train.epochs_for("nequip", "wall", 0, 15.0) is None

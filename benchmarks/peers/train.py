@@ -18,8 +18,11 @@ per core), so their wall times compare. Sizes, matched to TDN's RESULTS config (
 
 Budgets: ``epochs``: one epoch over all 18,542 training snapshots (the RESULTS budget);
 ``wall``: as many whole epochs as fit ``--wall-minutes`` (default 15) at the model's
-own measured epoch time from its ``epochs`` run, its schedule set for that many epochs;
-NequIP, whose trainer can stop on the clock, trains for exactly that long instead.
+own measured epoch time from its ``epochs`` run, its schedule set for that many epochs.
+Trainers that can stop inside an epoch get the budget to the step instead: NequIP stops
+on the clock (Lightning's max_time), TDN at the steps that fit at its ``epochs`` run's
+time per step (``trainer.max_steps``, its cosine ending there). MACE's trainer counts
+whole epochs only.
 
 Everything resumes: a finished stage (timing.json's train_s, a score JSON) is skipped,
 and a killed training restarts from its last checkpoint (MACE ``--restart_latest``,
@@ -258,12 +261,24 @@ def nequip_command(
     return cmd
 
 
-def tdn_command(model: str, run_dir: Path, seed: int, epochs: int) -> list[str]:
+def tdn_steps_per_epoch(model: str, seed: int) -> int:
+    """Optimizer steps in one epoch of ``model``: the train rows of its one-epoch run's
+    committed metrics.csv (accuracy.py's run, which is this harness's ``epochs`` run)."""
+    rows = (accuracy.OUT / f"{model}-s{seed}" / "metrics.csv").read_text().splitlines()
+    return sum(",train," in r for r in rows)
+
+
+def tdn_command(model: str, run_dir: Path, seed: int, epochs: float) -> list[str]:
     """``tdn train`` for ``model``: section 3's config (``tdn-<backend>``) or the best one
-    (``tdn-best-<backend>``), at the RESULTS budget but ``epochs`` epochs."""
+    (``tdn-best-<backend>``), at the RESULTS budget but ``epochs`` epochs; a fraction
+    ends at its step (``trainer.max_steps``)."""
     overrides = [o for o in accuracy.MODELS[model][0] if not o.startswith("trainer.max_epochs=")]
     cmd = [_venv_bin("tdn", "tdn"), "train", *overrides]
-    cmd += [f"trainer.max_epochs={epochs}", f"seed={seed}", f"output_dir={run_dir}"]
+    cmd.append(f"trainer.max_epochs={math.ceil(epochs)}")
+    if epochs != int(epochs):
+        steps = round(epochs * tdn_steps_per_epoch(model, seed))
+        cmd.append(f"trainer.max_steps={steps}")
+    cmd += [f"seed={seed}", f"output_dir={run_dir}"]
     if (run_dir / "checkpoints" / "last.pt").exists():
         cmd.append("resume=true")
     return cmd
@@ -304,12 +319,13 @@ def trained_model(model: str, run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "best.pt"
 
 
-def epochs_for(model: str, budget: str, seed: int, wall_minutes: float) -> int | None:
+def epochs_for(model: str, budget: str, seed: int, wall_minutes: float) -> float | None:
     """Epochs to train; ``None``: the trainer stops itself at the wall budget (NequIP).
 
-    The others get the whole epochs that fit at their ``epochs`` run's time. That time
-    includes the trainer's start (NequIP: 75 s of 183 s), so for a trainer that can stop
-    on the clock, its own stop is the fairer rule."""
+    MACE gets the whole epochs that fit at its ``epochs`` run's time, TDN the steps that
+    fit (a fraction of an epoch: steps over steps per epoch). That time includes the
+    trainer's start (NequIP: 75 s of 183 s), so for a trainer that can stop on the
+    clock, its own stop is the fairer rule."""
     if budget == "epochs":
         return 1
     if model == "nequip":
@@ -318,6 +334,9 @@ def epochs_for(model: str, budget: str, seed: int, wall_minutes: float) -> int |
     if not ref.exists():
         raise RuntimeError(f"budget wall needs the epoch time of {ref.parent.name}: train it first")
     epoch_s = json.loads(ref.read_text())["train_s"]
+    if KIND[model] == "tdn":
+        per_epoch = tdn_steps_per_epoch(model, seed)
+        return max(1, math.floor(wall_minutes * 60 / epoch_s * per_epoch)) / per_epoch
     return max(1, math.floor(wall_minutes * 60 / epoch_s))
 
 
@@ -358,7 +377,7 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
             cmd = nequip_command(run_dir, seed, epochs, meta, wall_minutes * 60)
         else:
             cmd = tdn_command(model, run_dir, seed, epochs)
-        length = f"{epochs} epoch(s)" if epochs else f"{wall_minutes:g} min"
+        length = f"{epochs:.3g} epoch(s)" if epochs else f"{wall_minutes:g} min"
         print(f"[cpu {cpu}] train {name} ({length}{', resume' if resumed else ''})", flush=True)
         (out / "command.txt").write_text(shlex.join(cmd) + "\n")
         if model == "nequip":
@@ -366,7 +385,7 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         seconds = _run(cmd, cpu, log)
         if epochs is None:
             epochs = trained_epochs(run_dir)
-        timing = {"wall_s": seconds, "epochs": epochs, "cpu": _cpu_name(), "threads": 1}
+        timing = {"wall_s": seconds, "epochs": round(epochs, 3), "cpu": _cpu_name(), "threads": 1}
         if resumed:  # its times count only the part after the interruption
             timing["resumed"] = True
         if model.startswith("mace"):

@@ -225,6 +225,37 @@ def test_interrupted_run_resumed_twice(tmp_path, monkeypatch):
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 18 + 2
 
 
+def test_max_steps_cuts_the_last_epoch_and_ends_the_schedule(tmp_path, monkeypatch):
+    # experiment=tiny: 9 steps per epoch; 13 steps end 4 steps into the second epoch
+    out = tmp_path / "run"
+    args = [*TINY, "trainer.max_steps=13", f"output_dir={out}"]
+    step = Trainer._train_step
+
+    def interrupted(self, batch, weights):
+        if self.state["step"] == 11:
+            raise KeyboardInterrupt
+        return step(self, batch, weights)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_train_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(args)
+    assert train.main([*args, "resume=true"]) == 0
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    train_rows = [r for r in rows if r[2] == "train"]
+    assert len(train_rows) == 13 and [r[0] for r in rows if r[2] == "val"] == ["0", "1"]
+    position = read_checkpoint(out / "checkpoints" / "last.pt")["extra"]["train_state"]
+    assert position["position"]["finished"] and position["position"]["step"] == 13
+    # the cosine ran over 13 steps, not over the 18 of two whole epochs
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=13, warmup_steps=3)
+    factors = [sched.lr_lambdas[0](i) for i in range(13)]
+    lr0 = train.compose_config(TINY).trainer.optimizer.lr
+    assert [float(r[3]) for r in train_rows] == pytest.approx([lr0 * f for f in factors])
+    with pytest.raises(UserError, match=r"trainer.max_steps=0: expected null or >= 1"):
+        train.main([*TINY, "trainer.max_steps=0", f"output_dir={tmp_path / 'zero'}"])
+
+
 def test_backend_override_on_a_baseline(tmp_path):
     with pytest.raises(UserError, match=r"model 'schnet' has no tdn-core tensor products"):
         train.main(["data=embedded_tiny", "model=schnet", "backend=cg", f"output_dir={tmp_path}"])

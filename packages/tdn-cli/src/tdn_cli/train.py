@@ -370,7 +370,9 @@ def _setup_and_fit(cfg, dist: Distributed, overrides, out_dir: Path, ckpt, claim
         f"{out_dir}: {cfg.model.name} ({n_params} parameters, backend {model.backend}"
         f"{'; compiled: the first step compiles' if tcfg.compile else ''}), "
         f"{len(train_set)} train / {len(val_set)} val snapshots, {trainer.steps_per_epoch} "
-        f"steps x {tcfg.max_epochs} epochs, {dist.device}, {dist.world} process(es)",
+        f"steps x {tcfg.max_epochs} epochs"
+        f"{f' (stops at step {trainer.total_steps})' if tcfg.get('max_steps') else ''}, "
+        f"{dist.device}, {dist.world} process(es)",
     )
     if ckpt is not None:
         trainer.load(ckpt)

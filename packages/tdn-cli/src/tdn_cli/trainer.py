@@ -247,6 +247,12 @@ class Trainer:
         self.batch_size = int(cfg.batch_size)
         self.steps_per_epoch = len(train_set) // self.batch_size
         self.total_steps = self.steps_per_epoch * int(cfg.max_epochs)
+        if cfg.get("max_steps") is not None:
+            if int(cfg.max_steps) < 1:
+                raise UserError(f"trainer.max_steps={cfg.max_steps}: expected null or >= 1")
+            # a budget finer than an epoch: the schedule ends at the step budget, and the
+            # epoch it falls in is cut short there (then validated like any other)
+            self.total_steps = min(self.total_steps, int(cfg.max_steps))
         self.optimizer = make_optimizer(model.parameters())
         self.scheduler = make_scheduler(self.optimizer, total_steps=self.total_steps)
         self.per_epoch_schedule = isinstance(
@@ -399,7 +405,8 @@ class Trainer:
         return summarize(self.dist.all_sum(sums), scale, *weights)
 
     def fit(self) -> dict:
-        """Train to ``max_epochs``; returns the last validation metrics."""
+        """Train to ``max_epochs`` or ``max_steps``, whichever comes first; returns the
+        last validation metrics."""
         from tqdm import tqdm
 
         self._open_outputs()
@@ -414,12 +421,17 @@ class Trainer:
         every = int(self.cfg.checkpoint_every)
         metrics: dict = {}
         self.model.train()
-        while self.state["epoch"] < int(self.cfg.max_epochs):
+        # an epoch cut short by max_steps is still validated, after a resume too
+        while self.state["epoch"] < int(self.cfg.max_epochs) and (
+            self.state["step"] < self.total_steps or self.state["batch_in_epoch"] > 0
+        ):
             epoch = self.state["epoch"]
             bar.set_description(f"epoch {epoch + 1}/{self.cfg.max_epochs}")
             n, rank, world = len(self.train_set), self.dist.rank, self.dist.world
             plan = epoch_batches(n, self.batch_size, self.seed, epoch, rank, world)
             for batch in self._loader(self.train_set, plan[self.state["batch_in_epoch"] :]):
+                if self.state["step"] >= self.total_steps:
+                    break
                 lr = self.optimizer.param_groups[0]["lr"]
                 row = self._train_step(batch, weights)
                 self.state["step"] += 1
