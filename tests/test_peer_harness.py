@@ -151,8 +151,14 @@ def test_speed_box_keeps_its_copies_apart_across_the_cell():
 def test_wall_budget_is_whole_epochs_for_mace_and_steps_for_tdn():
     # the committed one-epoch runs: MACE-ell1 276 s, tdn-best 472 s per epoch
     train = _module("train")
-    epochs_run = train.OUT / "tdn-best-cp_eager-epochs-s0" / "timing.json"
+    epochs_run = train.accuracy.OUT / "tdn-best-cp_eager-s0" / "timing.json"
     epoch_s = json.loads(epochs_run.read_text())["train_s"]
+    assert (
+        epoch_s
+        == json.loads((train.OUT / "tdn-best-cp_eager-epochs-s0" / "timing.json").read_text())[
+            "train_s"
+        ]
+    )  # the peers' row is that run
     per_epoch = train.tdn_steps_per_epoch("tdn-best-cp_eager", 0)
     assert per_epoch == 18542 // 8  # every snapshot of the training split, batch 8
     assert train.epochs_for("mace-ell1", "wall", 0, 15.0) == 3

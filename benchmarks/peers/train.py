@@ -330,11 +330,14 @@ def epochs_for(model: str, budget: str, seed: int, wall_minutes: float) -> float
         return 1
     if model == "nequip":
         return None
-    ref = OUT / f"{model}-epochs-s{seed}" / "timing.json"
+    # TDN's one-epoch run is accuracy.py's (committed for every seed); the others' are ours
+    tdn = KIND[model] == "tdn"
+    ref = accuracy.OUT / f"{model}-s{seed}" if tdn else OUT / f"{model}-epochs-s{seed}"
+    ref /= "timing.json"
     if not ref.exists():
         raise RuntimeError(f"budget wall needs the epoch time of {ref.parent.name}: train it first")
     epoch_s = json.loads(ref.read_text())["train_s"]
-    if KIND[model] == "tdn":
+    if tdn:
         per_epoch = tdn_steps_per_epoch(model, seed)
         return max(1, math.floor(wall_minutes * 60 / epoch_s * per_epoch)) / per_epoch
     return max(1, math.floor(wall_minutes * 60 / epoch_s))
