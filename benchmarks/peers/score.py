@@ -40,6 +40,16 @@ KINDS = ("tdn", "mace", "nequip")
 DEFAULT_SETS = ("test", "ood_md17_ethanol", "ood_md17_aspirin", "ood_iso17")
 
 
+def cpu_name() -> str:
+    """The CPU model, with its family/model numbers (VMs often hide the marketing name)."""
+    fields: dict[str, str] = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "unknown CPU")
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def calculator(
     kind: str, model: Path, dtype: str, backend: str | None = None, compile: bool = False
 ):

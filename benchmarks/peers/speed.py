@@ -1,4 +1,4 @@
-"""Speed side by side: inference and ASE molecular dynamics of TDN, MACE and NequIP.
+"""Speed side by side: training, inference and ASE molecular dynamics of TDN, MACE and NequIP.
 
 Every model is timed through its ASE calculator (score.py's), in float32, one thread
 pinned to one core, on the same structures:
@@ -7,7 +7,12 @@ pinned to one core, on the same structures:
   batch of ``tdn bench --model`` (143 atoms), each its own calculation: inference
   (energy + forces) in atoms/s;
 - ``mol20``: a 20-atom test molecule; ``box200``: ten copies of it on a grid in a
-  periodic cell (200 atoms): velocity-Verlet MD at 0.5 fs, in steps/s.
+  periodic cell (200 atoms): velocity-Verlet MD at 0.5 fs, in steps/s;
+- training: an Adam step on ``molecules16`` as one batch, forces by autograd with the
+  graph kept, in atoms/s (eager models only: the compiled paths here serve inference).
+
+TDN runs its best config's committed checkpoint; a peer runs the model of any finished
+``train.py`` run of it (``runs/peers/``): weights do not change the work.
 
 Each model runs in its own process (its own venv) once per round; rounds alternate the
 models' order, so a change in the machine's load hits every model alike. The table
@@ -33,27 +38,40 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from score import _write_atomic, calculator, describe  # noqa: E402  (runs in every venv)
+from score import _write_atomic, calculator, cpu_name, describe  # noqa: E402  (runs in every venv)
 
 ROOT = HERE.parents[1]
 DATA = ROOT / "runs" / "peers" / "data" / "speed"
 OUT = ROOT / "docs" / "results" / "peers" / "speed"
 RUNS = ROOT / "runs" / "peers"
 VENV = {"mace": HERE / ".venv-mace", "nequip": HERE / ".venv-nequip", "tdn": ROOT / ".venv"}
-#: name -> (kind, trained model, TDN backend, compile): the section 5 models at one epoch
-MODELS: dict[str, tuple[str, Path, str | None, bool]] = {
-    "tdn-cp_eager": ("tdn", RUNS / "tdn-cp_eager-epochs-s0/checkpoints/best.pt", "cp_eager", False),
-    "tdn-path_shared": (
-        "tdn", RUNS / "tdn-cp_eager-epochs-s0/checkpoints/best.pt", "path_shared", False
-    ),
-    "tdn-cp_eager-compiled": (
-        "tdn", RUNS / "tdn-cp_eager-epochs-s0/checkpoints/best.pt", "cp_eager", True
-    ),
-    "mace-ell1": ("mace", RUNS / "mace-ell1-epochs-s0/mace.model", None, False),
-    "mace-ell1-compiled": ("mace", RUNS / "mace-ell1-epochs-s0/mace.model", None, True),
-    "mace": ("mace", RUNS / "mace-epochs-s0/mace.model", None, False),
-    "nequip": ("nequip", RUNS / "nequip-epochs-s0/best.ckpt", None, False),
+#: TDN's best config (the default of ``tdn train``), its committed seed-0 checkpoint
+TDN_BEST = ROOT / "docs" / "results" / "accuracy" / "tdn-best-cp_eager-s0" / "best.pt"
+#: name -> (kind, trained model: a path, or a train.py model name whose run serves,
+#: TDN backend, compile)
+MODELS: dict[str, tuple[str, Path | str, str | None, bool]] = {
+    "tdn-best-cp_eager": ("tdn", TDN_BEST, "cp_eager", False),
+    "tdn-best-path_shared": ("tdn", TDN_BEST, "path_shared", False),
+    "tdn-best-cp_eager-compiled": ("tdn", TDN_BEST, "cp_eager", True),
+    "mace-ell1": ("mace", "mace-ell1", None, False),
+    "mace-ell1-compiled": ("mace", "mace-ell1", None, True),
+    "mace": ("mace", "mace", None, False),
+    "nequip": ("nequip", "nequip", None, False),
 }  # fmt: skip
+
+
+def trained_model(name: str) -> Path | None:
+    """The model file of ``MODELS[name]``: its path, or that of any finished train.py run
+    of its model (any budget, any seed: the weights do not change the work); None if
+    there is none."""
+    _, model, _, _ = MODELS[name]
+    if isinstance(model, Path):
+        return model if model.exists() else None
+    file = {"mace": "mace.model", "nequip": "best.ckpt"}[MODELS[name][0]]
+    found = [p for b in ("epochs", "wall") for p in sorted(RUNS.glob(f"{model}-{b}-s*/{file}"))]
+    return found[0] if found else None
+
+
 MD_STEPS = {"mol20": 100, "box200": 20}
 
 
@@ -101,11 +119,69 @@ def export() -> None:
           f"{len(mol)}-atom molecule, {len(box)}-atom box")  # fmt: skip
 
 
+def training_step(kind: str, calc, mols: list):
+    """One Adam step of ``calc``'s model on the molecules ``mols`` (ASE Atoms) as one
+    batch, built by the package's own code: forces by autograd with the graph kept, as
+    in training; loss mean(E^2) + mean(|F|^2) against zero targets (values do not change
+    the work). Returns the step as a function of no arguments."""
+    import torch
+
+    if kind == "tdn":
+        from torch_geometric.data import Batch
+
+        model, batch = calc.model, Batch.from_data_list([calc._data(a) for a in mols])
+
+        def forward():
+            out = model(batch, forces=True)
+            return out["energy"], out["forces"]
+    elif kind == "mace":
+        from mace import data as mace_data
+        from mace.tools import torch_geometric, torch_tools
+
+        model = calc.models[0]
+        keys = mace_data.KeySpecification(info_keys=calc.info_keys, arrays_keys=calc.arrays_keys)
+        with torch_tools.default_dtype(calc.default_dtype):
+            graphs = [
+                mace_data.AtomicData.from_config(
+                    mace_data.config_from_atoms(a, key_specification=keys, head_name=calc.head),
+                    z_table=calc.z_table, cutoff=calc.r_max, heads=calc.available_heads,
+                )
+                for a in mols
+            ]  # fmt: skip
+        batch = torch_geometric.Batch.from_data_list(graphs).to_dict()
+
+        def forward():
+            out = model(batch, training=True, compute_force=True)
+            return out["energy"], out["forces"]
+    else:
+        from nequip.data import AtomicDataDict
+
+        model = calc.model
+        batch = AtomicDataDict.batched_from_list([calc.atoms_to_data(a) for a in mols])
+
+        def forward():
+            out = model(dict(batch))  # the model writes its outputs into the dict
+            return out[AtomicDataDict.TOTAL_ENERGY_KEY], out[AtomicDataDict.FORCE_KEY]
+
+    params = [p.requires_grad_(True) for p in model.parameters()]  # calculators freeze them
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+
+    def step() -> None:
+        model.train()  # forces keep their graph only in training mode
+        optimizer.zero_grad(set_to_none=True)
+        energy, forces = forward()
+        (energy.pow(2).mean() + forces.pow(2).sum(-1).mean()).backward()
+        optimizer.step()
+
+    return step
+
+
 def time_one(
     kind: str, model: Path, backend: str | None, compile: bool, inference_reps: int
 ) -> dict:
-    """One round of one model, in this process: inference atoms/s and MD steps/s, with
-    its package version and parameter count."""
+    """One round of one model, in this process: inference atoms/s and MD steps/s, then
+    (eager models) the training step in atoms/s, with its package version and
+    parameter count."""
     import torch
     from ase import units
     from ase.calculators.calculator import all_changes
@@ -145,6 +221,15 @@ def time_one(
         md.run(steps)
         result[f"md_{name}_steps_per_s"] = steps / (time.perf_counter() - t0)
         result[f"md_{name}_atoms"] = len(atoms)
+    if not compile:  # the compiled paths here are the packages' inference paths
+        step = training_step(kind, calc, mols)
+        step()  # warm-up
+        times = []
+        for _ in range(inference_reps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        result["train_atoms_per_s"] = sum(len(m) for m in mols) / statistics.median(times)
     return result
 
 
@@ -158,7 +243,8 @@ def run(names: list[str], rounds: int, cpu: int, inference_reps: int) -> None:
             target = OUT / f"{name}-r{r}.json"
             if target.exists():
                 continue
-            kind, model, backend, compile = MODELS[name]
+            kind, _, backend, compile = MODELS[name]
+            model = trained_model(name)
             cmd = [str(VENV[kind] / "bin" / "python"), str(Path(__file__).resolve()), "time"]
             cmd += [f"--kind={kind}", f"--model={model}", f"--out={target}"]
             cmd += [f"--inference-reps={inference_reps}"]
@@ -179,18 +265,22 @@ def table() -> str:
             keys = [k for k in rounds[0] if k.endswith("_per_s") or k == "first_call_s"]
             rows[name] = {k: statistics.median(r[k] for r in rounds) for k in keys}
             rows[name]["rounds"] = len(rounds)
-            rows[name]["package"] = rounds[0]["package"]
+            rows[name].update({k: rounds[0][k] for k in ("package", "parameters", "cpu")})
     lines = [
-        "| model | package | rounds | first call s | inference atoms/s | MD 20 atoms steps/s "
-        "| MD 200-atom box steps/s |",
-        "|" + "---|" * 7,
+        "| model | package | parameters | rounds | first call s | inference atoms/s "
+        "| training atoms/s | MD 20 atoms steps/s | MD 200-atom box steps/s |",
+        "|" + "---|" * 9,
     ]
     for name, r in rows.items():
+        train = r.get("train_atoms_per_s")
         lines.append(
-            f"| {name} | {r['package']} | {r['rounds']} | {r['first_call_s']:.1f} | "
-            f"{r['inference_atoms_per_s']:.0f} | {r['md_mol20_steps_per_s']:.1f} | "
+            f"| {name} | {r['package']} | {r['parameters']:,} | {r['rounds']} | "
+            f"{r['first_call_s']:.1f} | {r['inference_atoms_per_s']:.0f} | "
+            f"{'-' if train is None else f'{train:.0f}'} | {r['md_mol20_steps_per_s']:.1f} | "
             f"{r['md_box200_steps_per_s']:.2f} |"
         )
+    cpus = sorted({r["cpu"] for r in rows.values()})
+    lines.append(f"\nfloat32, one thread pinned; medians over rounds; CPU: {', '.join(cpus)}")
     _write_json(OUT.parent / "speed.json", rows)
     return "\n".join(lines)
 
@@ -223,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "run":
         if args.rounds < 1:
             p.error(f"--rounds: expected a positive integer, got {args.rounds}")
-        missing = [n for n in args.models if not MODELS[n][1].exists()]
+        missing = [n for n in args.models if trained_model(n) is None]
         if missing:
-            p.error(f"trained models missing for {missing}: run train.py --budget epochs first")
+            p.error(f"trained models missing for {missing}: run train.py for them first")
         run(args.models, args.rounds, args.cpu, args.inference_reps)
         print(table())
     elif args.cmd == "table":
@@ -233,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = time_one(args.kind, args.model, args.backend, args.compile, args.inference_reps)
         result.update(kind=args.kind, model=str(args.model), backend=args.backend,
-                      compile=args.compile, threads=1, dtype="float32")  # fmt: skip
+                      compile=args.compile, threads=1, dtype="float32", cpu=cpu_name())  # fmt: skip
         _write_json(args.out, result)
         print(json.dumps(result), flush=True)
     return 0

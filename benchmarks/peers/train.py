@@ -53,6 +53,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
 import accuracy  # noqa: E402  (TDN's configs and one-epoch runs; pinned runners)
 from accuracy import _run, report_failures, run_pinned  # noqa: E402
+from score import cpu_name  # noqa: E402
 
 from tdn_cli._util import write_json  # noqa: E402  (atomic)
 
@@ -67,6 +68,7 @@ KIND = {
     "tdn-cp_eager": "tdn",
     "tdn-path_shared": "tdn",
     "tdn-best-cp_eager": "tdn",
+    "tdn-best-path_shared": "tdn",
 }
 #: spherical harmonics of the edges: MACE's default (3), or TDN's and NequIP's L (1)
 MACE_ELL = {"mace": 3, "mace-ell1": 1}
@@ -357,7 +359,7 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         if "train_s" not in timing:
             accuracy.job(model, seed, cpu)
             same = json.loads((accuracy.OUT / f"{model}-s{seed}" / "timing.json").read_text())
-            timing = {"wall_s": same["train_s"], "epochs": 1, "cpu": _cpu_name(), "threads": 1}
+            timing = {"wall_s": same["train_s"], "epochs": 1, "cpu": cpu_name(), "threads": 1}
             timing.update(train_s=same["train_s"], same_run_as=f"accuracy/{model}-s{seed}")
             if same.get("resumed"):
                 timing["resumed"] = True
@@ -388,7 +390,7 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         seconds = _run(cmd, cpu, log)
         if epochs is None:
             epochs = trained_epochs(run_dir)
-        timing = {"wall_s": seconds, "epochs": round(epochs, 3), "cpu": _cpu_name(), "threads": 1}
+        timing = {"wall_s": seconds, "epochs": round(epochs, 3), "cpu": cpu_name(), "threads": 1}
         if resumed:  # its times count only the part after the interruption
             timing["resumed"] = True
         if model.startswith("mace"):
@@ -409,16 +411,6 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
     (out / "scores").mkdir(exist_ok=True)
     for s in SETS:
         shutil.copy2(scores / f"{s}.json", out / "scores" / f"{s}.json")
-
-
-def _cpu_name() -> str:
-    """The CPU model, with its family/model numbers (VMs often hide the marketing name)."""
-    fields: dict[str, str] = {}
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name", "unknown CPU")
-    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def main(argv: list[str] | None = None) -> int:
