@@ -399,6 +399,8 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         write_json(timing_path, timing)
     if model.startswith("tdn"):
         shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
+        if budget == "wall":  # committed (356 KB); the epochs run's is accuracy.py's
+            shutil.copy2(trained_model(model, run_dir), out / "best.pt")
     scores = run_dir / "scores"
     cmd = [_venv_bin(model, "python"), str(HERE / "score.py"), f"--kind={KIND[model]}"]
     cmd += [f"--model={trained_model(model, run_dir)}", f"--data={DATA}", f"--out={scores}"]
