@@ -64,10 +64,10 @@ def trained_model(name: str) -> Path | None:
     """The model file of ``MODELS[name]``: its path, or that of any finished train.py run
     of its model (any budget, any seed: the weights do not change the work); None if
     there is none."""
-    _, model, _, _ = MODELS[name]
+    kind, model, _, _ = MODELS[name]
     if isinstance(model, Path):
         return model if model.exists() else None
-    file = {"mace": "mace.model", "nequip": "best.ckpt"}[MODELS[name][0]]
+    file = {"mace": "mace.model", "nequip": "best.ckpt"}[kind]
     found = [p for b in ("epochs", "wall") for p in sorted(RUNS.glob(f"{model}-{b}-s*/{file}"))]
     return found[0] if found else None
 
@@ -176,6 +176,16 @@ def training_step(kind: str, calc, mols: list):
     return step
 
 
+def _median_s(fn, reps: int) -> float:
+    """The median wall time (s) of ``reps`` calls of ``fn``."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def time_one(
     kind: str, model: Path, backend: str | None, compile: bool, inference_reps: int
 ) -> dict:
@@ -201,15 +211,11 @@ def time_one(
     infer()  # the first call: compiles, where the model compiles
     first_s = time.perf_counter() - t0
     infer()
-    passes = []
-    for _ in range(inference_reps):
-        t0 = time.perf_counter()
-        infer()
-        passes.append(time.perf_counter() - t0)
+    n_atoms = sum(len(m) for m in mols)
     result = {
         **describe(kind, calc),
         "first_call_s": first_s,
-        "inference_atoms_per_s": sum(len(m) for m in mols) / statistics.median(passes),
+        "inference_atoms_per_s": n_atoms / _median_s(infer, inference_reps),
     }
     for name, steps in MD_STEPS.items():
         atoms = read(DATA / f"{name}.extxyz")
@@ -224,12 +230,7 @@ def time_one(
     if not compile:  # the compiled paths here are the packages' inference paths
         step = training_step(kind, calc, mols)
         step()  # warm-up
-        times = []
-        for _ in range(inference_reps):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        result["train_atoms_per_s"] = sum(len(m) for m in mols) / statistics.median(times)
+        result["train_atoms_per_s"] = n_atoms / _median_s(step, inference_reps)
     return result
 
 
