@@ -36,10 +36,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _repo import ROOT, repo_relative
 
 from tdn_cli._util import write_json  # atomic: a kill never leaves half a file
 
-ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "results" / "accuracy"
 SCRATCH = ROOT / "runs" / "claims"
 TDN = str(Path(sys.executable).with_name("tdn"))
@@ -138,7 +138,7 @@ def job(model: str, seed: int, cpu: int) -> None:
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     best = run_dir / "checkpoints" / "best.pt"
     if "train_s" not in timing:
-        overrides = [*MODELS[model][0], f"seed={seed}", f"output_dir={run_dir}"]
+        overrides = [*MODELS[model][0], f"seed={seed}", f"output_dir={repo_relative(run_dir)}"]
         resume = (run_dir / "checkpoints" / "last.pt").exists()
         if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)  # killed before its first checkpoint: start over

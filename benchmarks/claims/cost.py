@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _repo import ROOT, repo_relative
 
 from tdn_core import TensorProduct
 
-ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "results" / "cost"
 TDN = str(Path(sys.executable).with_name("tdn"))
 LMAX = [1, 2, 3, 4, 5, 6]
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--repeats",
                 str(args.repeats),
                 "--json",
-                str(args.out / f"{mode}.json"),
+                repo_relative(args.out / f"{mode}.json"),
             ]
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, env=env, cwd=ROOT)

@@ -34,11 +34,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _repo import ROOT, repo_relative
 
 import tdn_core
 from tdn_cli._util import write_json
 
-ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "results" / "crossover"
 TDN = str(Path(sys.executable).with_name("tdn"))
 #: smallest ranks reaching 1e-6 (docs/RESULTS.md section 1, measured)
@@ -61,7 +61,7 @@ def bench_command(args, mode: str, channels: int, threads: int, path: Path) -> l
     edges = args.edges if threads == 1 else args.edges_two_cores
     cmd = [TDN, "bench", "--backend", "auto", "--mode", mode, "--channels", str(channels)]
     cmd += ["--edges", str(edges), "--repeats", str(args.repeats)]
-    cmd += ["--max-seconds", str(args.max_seconds), "--json", str(path), "--lmax"]
+    cmd += ["--max-seconds", str(args.max_seconds), "--json", repo_relative(path), "--lmax"]
     return cmd + [str(L) for L in args.lmax]
 
 

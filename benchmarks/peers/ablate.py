@@ -30,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
+from _repo import repo_relative  # noqa: E402
 from accuracy import BUDGET, TDN, _run, report_failures, run_pinned  # noqa: E402
 
 from tdn_cli._util import write_json  # noqa: E402  (atomic)
@@ -82,7 +83,7 @@ def job(name: str, cpu: int) -> None:
 def _train(name: str, run_dir: Path, target: Path, cpu: int) -> None:
     resumed = (run_dir / "checkpoints" / "last.pt").exists()
     cmd = [TDN, "train", "model=tdn", "backend=cp_eager", *BUDGET, *ABLATIONS[name]]
-    cmd += ["seed=0", f"output_dir={run_dir}", *(["resume=true"] if resumed else [])]
+    cmd += ["seed=0", f"output_dir={repo_relative(run_dir)}", *(["resume=true"] if resumed else [])]
     print(f"[cpu {cpu}] {name}{' (resume)' if resumed else ''}", flush=True)
     seconds = _run(cmd, cpu, SCRATCH / f"{name}.log")
     with open(run_dir / "metrics.csv") as f:

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parents[0] / "claims")]
+from _repo import repo_relative  # noqa: E402  (standard library only)
 from score import _write_atomic, calculator, cpu_name, describe  # noqa: E402  (runs in every venv)
 
 ROOT = HERE.parents[1]
@@ -247,7 +248,7 @@ def run(names: list[str], rounds: int, cpu: int, inference_reps: int) -> None:
             kind, _, backend, compile = MODELS[name]
             model = trained_model(name)
             cmd = [str(VENV[kind] / "bin" / "python"), str(Path(__file__).resolve()), "time"]
-            cmd += [f"--kind={kind}", f"--model={model}", f"--out={target}"]
+            cmd += [f"--kind={kind}", f"--model={repo_relative(model)}", f"--out={target}"]
             cmd += [f"--inference-reps={inference_reps}"]
             cmd += [f"--backend={backend}"] * (backend is not None) + ["--compile"] * compile
             print(f"round {r}: {name}", flush=True)

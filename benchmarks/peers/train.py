@@ -52,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "claims"))
 import accuracy  # noqa: E402  (TDN's configs and one-epoch runs; pinned runners)
+from _repo import copy_portable, portable, repo_relative  # noqa: E402
 from accuracy import _run, report_failures, run_pinned  # noqa: E402
 from score import cpu_name  # noqa: E402
 
@@ -280,7 +281,7 @@ def tdn_command(model: str, run_dir: Path, seed: int, epochs: float) -> list[str
     if epochs != int(epochs):
         steps = round(epochs * tdn_steps_per_epoch(model, seed))
         cmd.append(f"trainer.max_steps={steps}")
-    cmd += [f"seed={seed}", f"output_dir={run_dir}"]
+    cmd += [f"seed={seed}", f"output_dir={repo_relative(run_dir)}"]
     if (run_dir / "checkpoints" / "last.pt").exists():
         cmd.append("resume=true")
     return cmd
@@ -384,9 +385,9 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
             cmd = tdn_command(model, run_dir, seed, epochs)
         length = f"{epochs:.3g} epoch(s)" if epochs else f"{wall_minutes:g} min"
         print(f"[cpu {cpu}] train {name} ({length}{', resume' if resumed else ''})", flush=True)
-        (out / "command.txt").write_text(shlex.join(cmd) + "\n")
+        (out / "command.txt").write_text(portable(shlex.join(cmd)) + "\n")
         if model == "nequip":
-            shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
+            copy_portable(run_dir / "config.yaml", out / "config.yaml")
         seconds = _run(cmd, cpu, log)
         if epochs is None:
             epochs = trained_epochs(run_dir)
@@ -398,12 +399,13 @@ def job(model: str, budget: str, seed: int, cpu: int, wall_minutes: float) -> No
         timing["train_s"] = seconds
         write_json(timing_path, timing)
     if model.startswith("tdn"):
-        shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
+        copy_portable(run_dir / "config.yaml", out / "config.yaml")
         if budget == "wall":  # committed (356 KB); the epochs run's is accuracy.py's
             shutil.copy2(trained_model(model, run_dir), out / "best.pt")
     scores = run_dir / "scores"
     cmd = [_venv_bin(model, "python"), str(HERE / "score.py"), f"--kind={KIND[model]}"]
-    cmd += [f"--model={trained_model(model, run_dir)}", f"--data={DATA}", f"--out={scores}"]
+    model_file = repo_relative(trained_model(model, run_dir))
+    cmd += [f"--model={model_file}", f"--data={repo_relative(DATA)}", f"--out={scores}"]
     if any(not (scores / f"{s}.json").exists() for s in SETS):
         print(f"[cpu {cpu}] score {name}", flush=True)
         t0 = time.perf_counter()
