@@ -9,7 +9,13 @@ torch.Size([5, 9, 8])
 
 from ._autotune import AutoPolicy
 from ._cg import cg_block, cg_tensor
-from ._errors import BackendUnavailable, FactorFileError, TDNError, UnsupportedDescriptor
+from ._errors import (
+    AllocationTooLarge,
+    BackendUnavailable,
+    FactorFileError,
+    TDNError,
+    UnsupportedDescriptor,
+)
 from ._factors import CPFactors, cp_factors, resolve_rank
 from ._spherical_harmonics import SphericalHarmonics, spherical_harmonics
 from ._tensor_product import TensorProduct
@@ -20,6 +26,7 @@ from .descriptors import TPDescriptor
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocationTooLarge",
     "AutoPolicy",
     "Backend",
     "BackendUnavailable",

@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import torch
 
+from ._memory import check_fits
 from ._wigner3j_generator import LMAX_TABLE, TABLE_PATH, block_from_e3nn
 from .conventions import GROUPS, degree_slice, dim, paths
 
@@ -52,7 +53,12 @@ def check_group(group: str) -> None:
 
 @functools.cache
 def _cg_tensor_np(lmax_in: int, lmax_sh: int, lmax_out: int, group: str) -> np.ndarray:
-    M = np.zeros((dim(lmax_in), dim(lmax_sh), dim(lmax_out)))
+    shape = (dim(lmax_in), dim(lmax_sh), dim(lmax_out))
+    check_fits(
+        8 * shape[0] * shape[1] * shape[2],
+        f"the CG tensor at (lmax_in, lmax_sh, lmax_out) = {(lmax_in, lmax_sh, lmax_out)}",
+    )
+    M = np.zeros(shape)
     for l1, l2, l3 in paths(lmax_in, lmax_sh, lmax_out, group):
         M[degree_slice(l1), degree_slice(l2), degree_slice(l3)] += cg_block(l1, l2, l3)
     M.setflags(write=False)

@@ -17,3 +17,8 @@ class UnsupportedDescriptor(TDNError, ValueError):
 
 class FactorFileError(TDNError, ValueError):
     """A stored CP factor file is unreadable, inconsistent or non-finite."""
+
+
+class AllocationTooLarge(TDNError, MemoryError):
+    """An array would need more memory than the machine has available: refused before
+    the allocation, so the process fails with a message instead of being killed."""
