@@ -93,7 +93,7 @@ def test_results_follow_ase_conventions(calc, checkpoint, samples):
 
 def test_accepts_a_model_instance_and_backend(samples):
     model = TDN(lmax=1, channels=8, layers=1, num_basis=8, radial_hidden=8)
-    model.normalization.fit(samples[:10])
+    model.normalization.fit(samples)  # every element (the calculator refuses unseen ones)
     e0 = model.normalization.element_energies.clone()
     calc = TDNCalculator(model, backend="path_shared")
     assert calc.model.backend == "path_shared" and calc.model.dtype == torch.float64
@@ -205,3 +205,25 @@ def test_bfgs_relaxation_converges(calc, samples):
     converged = opt.run(fmax=0.05, steps=200)
     assert converged, f"BFGS did not reach fmax 0.05 eV/Å in 200 steps ({opt.nsteps})"
     assert np.linalg.norm(atoms.get_forces(), axis=1).max() < 0.05
+
+
+def test_structures_the_model_cannot_answer_are_refused(calc, samples):
+    from tdn_models import StructureError
+
+    base = _molecule(samples)
+    cases = {
+        "closer than 0.1": lambda a: a.positions.__setitem__(1, a.positions[0] + 0.05),
+        "no neighbour within the cutoff": lambda a: a.positions.__imul__(10.0),
+        "not among those the model was trained on": lambda a: a.numbers.__setitem__(0, 92),
+        "non-finite position": lambda a: a.positions.__setitem__((0, 0), np.nan),
+        "empty periodic vector": lambda a: a.set_pbc(True),
+    }
+    for message, change in cases.items():
+        atoms = base.copy()
+        change(atoms)
+        atoms.calc = calc
+        with pytest.raises(StructureError, match=message):
+            atoms.get_potential_energy()
+    single = base[:1]  # one atom alone is a valid question (its E0)
+    single.calc = calc
+    assert np.isfinite(single.get_potential_energy())

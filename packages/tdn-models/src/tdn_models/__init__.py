@@ -22,6 +22,7 @@ from ._layers import EquivariantLayerNorm, EquivariantLinear, Gate
 from ._normalization import Normalization
 from ._potential import GraphInputs, Potential
 from ._registry import MODELS, build_model, model_class, model_name
+from ._structure import MIN_DISTANCE, StructureError, check_graphs, check_structure
 from ._tdn import TDN
 from ._training import potential_loss, train_steps
 from .calculator import TDNCalculator
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "MIN_DISTANCE",
     "MODELS",
     "TDN",
     "CheckpointError",
@@ -40,8 +42,11 @@ __all__ = [
     "GraphInputs",
     "Normalization",
     "Potential",
+    "StructureError",
     "TDNCalculator",
     "build_model",
+    "check_graphs",
+    "check_structure",
     "load_checkpoint",
     "model_class",
     "model_name",

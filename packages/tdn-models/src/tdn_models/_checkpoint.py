@@ -26,7 +26,10 @@ import datetime
 import importlib.metadata
 import math
 import os
+import pickle
 import platform
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +202,19 @@ def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     if not path.is_file():
         raise FileNotFoundError(f"path: no checkpoint file at {str(path)!r}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # zip, pickle and EOF errors all mean "not a readable file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: noise here
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # never pass on torch's advice to load with weights_only=False: for a file of
+        # unknown origin that means running whatever code it holds
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))
+        holds = f"objects of {found.group(1)}" if found else "no torch.save data we can read"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: not a TDN checkpoint: it holds {holds}, and tdn "
+            "loads only tensors and plain data (a pickle of anything else could run code)"
+        ) from None
+    except Exception as e:  # zip and EOF errors: a truncated or corrupted file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
             f"checkpoint {str(path)!r}: unreadable (truncated, corrupted, or not a "

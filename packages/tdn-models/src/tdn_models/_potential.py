@@ -107,6 +107,12 @@ class Potential(nn.Module):
                 "or path_shared, or run this one uncompiled"
             )
 
+    def trained_elements(self) -> set[int] | None:
+        """The atomic numbers the normalization was fitted on (their E0 is not 0);
+        ``None`` if it was never fitted, so the elements are not known."""
+        e0 = self.normalization.element_energies
+        return {int(z) for z in torch.nonzero(e0).flatten()} or None
+
     @property
     def backend(self) -> str | None:
         """The backend of the tensor products (None for models without any)."""

@@ -92,7 +92,7 @@ class GraphAttention(nn.Module):
         message = self.tp_message(message, sh, w_message.contiguous())
 
         scalars = message[:, 0, :]
-        a = _smooth_leaky_relu(self.lin_alpha(scalars)).view(E, self.heads, -1)
+        a = _smooth_leaky_relu(self.lin_alpha(scalars)).view(E, self.heads, self.alpha_dot.shape[1])
         alpha = envelope_softmax((a * self.alpha_dot).sum(-1), envelope, dst, n)
 
         # attention scales channels per head, and the product is linear in its per-channel

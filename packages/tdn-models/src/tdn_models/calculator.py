@@ -22,6 +22,7 @@ from torch_geometric.data import Data
 
 from ._checkpoint import load_checkpoint
 from ._potential import Potential
+from ._structure import StructureError, check_structure
 
 __all__ = ["TDNCalculator"]
 
@@ -94,6 +95,7 @@ class TDNCalculator(Calculator):
         self.model = model.eval()
         if compile:
             self.model.compile()
+        self.elements = self.model.trained_elements()
 
     def _data(self, atoms: Atoms) -> Data:
         """One graph from ``atoms``: z [N], pos [N, 3] Å, and cell [1, 3, 3] Å / pbc [1, 3]
@@ -118,6 +120,14 @@ class TDNCalculator(Calculator):
         properties = ["energy"] if properties is None else properties
         super().calculate(atoms, properties, system_changes)  # sets self.atoms
         atoms = self.atoms
+        # a new structure gets every check; a step of MD or relaxation the cheap one
+        new = {"numbers", "pbc", "cell"} & set(system_changes)
+        if new or not np.isfinite(atoms.positions).all():
+            try:
+                check_structure(atoms, self.model.cutoff, self.elements)
+            except StructureError:
+                self.reset()  # the next structure, whatever its changes, is checked in full
+                raise
         want_stress = "stress" in properties
         if want_stress and not atoms.pbc.all():
             raise PropertyNotImplementedError(
