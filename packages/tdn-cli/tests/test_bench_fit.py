@@ -100,7 +100,8 @@ def test_bench_uuu_skips_peers_that_cannot(capsys):
 def test_bench_bad_values(capsys):
     assert main(["bench", "--edges", "0"]) == 2
     assert (
-        capsys.readouterr().err == "tdn bench: error: --edges: expected a positive integer, got 0\n"
+        capsys.readouterr().err
+        == "tdn bench: error: argument --edges: '0': expected an integer >= 1\n"
     )
     assert main(["bench", "--device", "cuda:7" if not torch.cuda.is_available() else "nope"]) == 2
     assert capsys.readouterr().err.startswith("tdn bench: error: --device")

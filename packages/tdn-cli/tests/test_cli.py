@@ -3,15 +3,12 @@ subprocess): help texts, one-line errors that leave files alone, eval, md and re
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
-import torch
+from cli_helpers import digest, run
 
 from tdn_cli._errors import UserError
 from tdn_cli.main import main
@@ -27,72 +24,6 @@ SUBCOMMANDS = [
     ["md"],
     ["relax"],
 ]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-# ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny TDN trained for a few steps on embedded-tiny."""
-    from torch_geometric.loader import DataLoader
-
-    from tdn_data import load_dataset
-    from tdn_models import TDN, save_checkpoint, train_steps
-
-    torch.manual_seed(0)
-    ds = load_dataset("embedded-tiny")
-    model = TDN(lmax=1, channels=8, layers=1, heads=2, num_basis=8, radial_hidden=8,
-                backend="path_shared")  # fmt: skip
-    model.normalization.fit([ds[i] for i in range(0, len(ds), 5)])
-    list(train_steps(model, DataLoader([ds[i] for i in range(8)], batch_size=4), steps=3))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model)
-
-
-@pytest.fixture(scope="module")
-def extxyz(tmp_path_factory) -> Path:
-    """Six embedded-tiny frames written by ASE as extxyz."""
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.io import write
-
-    from tdn_data import load_dataset
-
-    ds = load_dataset("embedded-tiny")
-    frames = []
-    for i in range(0, len(ds), len(ds) // 6)[:6]:
-        s = ds[i]
-        atoms = Atoms(numbers=s.z.numpy(), positions=s.pos.numpy())
-        atoms.calc = SinglePointCalculator(atoms, energy=float(s.energy), forces=s.forces.numpy())
-        frames.append(atoms)
-    path = tmp_path_factory.mktemp("xyz") / "frames.extxyz"
-    write(path, frames, format="extxyz")
-    return path
-
-
-@pytest.fixture(scope="module")
-def molecule(tmp_path_factory) -> Path:
-    from ase.build import molecule
-    from ase.io import write
-
-    path = tmp_path_factory.mktemp("mol") / "methanol.xyz"
-    write(path, molecule("CH3OH"))
-    return path
 
 
 # -------------------------------------------------------------------------------- help
@@ -315,22 +246,6 @@ def test_relax_writes_a_trajectory(capsys, checkpoint, molecule, tmp_path):
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-@pytest.fixture
-def workdir(tmp_path, checkpoint, extxyz, molecule) -> Path:
-    """A folder of inputs and existing outputs that no failing command may touch."""
-    ckpt = torch.load(checkpoint, weights_only=True)
-    ckpt["version"] += 1
-    torch.save(ckpt, tmp_path / "newer.pt")
-    shutil.copy(checkpoint, tmp_path / "model.pt")
-    shutil.copy(extxyz, tmp_path / "frames.extxyz")
-    shutil.copy(molecule, tmp_path / "mol.xyz")
-    (tmp_path / "empty.extxyz").write_text("")
-    (tmp_path / "no_energy.xyz").write_text("1\n\nH 0 0 0\n")
-    for name in ("out.png", "out.json", "out.traj", "out.extxyz"):
-        (tmp_path / name).write_bytes(b"existing " + name.encode())
-    return tmp_path
 
 
 BAD = {

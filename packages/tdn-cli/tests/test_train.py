@@ -196,7 +196,7 @@ def test_dataset_without_usable_snapshots(tmp_path):
     path = [f"data.source={data}", "data.train.split=null", "data.val=null"]
     with pytest.raises(UserError, match=r"data.train: .*no energy"):
         train.main([*TINY, "data=path", *path, f"output_dir={tmp_path / 'a'}"])
-    with pytest.raises(UserError, match=r"data.train: the dataset has no usable snapshots"):
+    with pytest.raises(UserError, match=r"data.max_train_samples=0: expected an integer >= 1"):
         train.main([*TINY, "data.max_train_samples=0", f"output_dir={tmp_path / 'b'}"])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -252,7 +252,9 @@ def test_max_steps_cuts_the_last_epoch_and_ends_the_schedule(tmp_path, monkeypat
     factors = [sched.lr_lambdas[0](i) for i in range(13)]
     lr0 = train.compose_config(TINY).trainer.optimizer.lr
     assert [float(r[3]) for r in train_rows] == pytest.approx([lr0 * f for f in factors])
-    with pytest.raises(UserError, match=r"trainer.max_steps=0: expected null or >= 1"):
+    with pytest.raises(
+        UserError, match=r"trainer.max_steps=0: expected an integer >= 1 \(or null\)"
+    ):
         train.main([*TINY, "trainer.max_steps=0", f"output_dir={tmp_path / 'zero'}"])
 
 

@@ -27,6 +27,8 @@ from tdn_core._autotune import select_backend
 from tdn_core.testing import equivariance_error, random_inputs, random_rotation
 
 from ._errors import UserError
+from ._schema import LMAX, POSITIVE, SECONDS
+from ._schema import device as check_device
 from ._timing import interleaved_medians_ms, median_ms
 from ._util import (
     add_command,
@@ -73,9 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="backends to run, or 'all' (every usable one), or 'auto' (all, then what "
         "backend='auto' picks, checked against the table); the peers always run too",
     )
-    p.add_argument("--lmax", type=int, nargs="+", help="degrees L (default 1..6; --model 1 2 4)")
-    p.add_argument("--edges", type=int, default=4000, help="edges E per product")
-    p.add_argument("--channels", type=int, default=64, help="channels C")
+    p.add_argument(
+        "--lmax", type=LMAX.arg, nargs="+", help="degrees L (default 1..6; --model 1 2 4)"
+    )
+    p.add_argument("--edges", type=POSITIVE.arg, default=4000, help="edges E per product")
+    p.add_argument("--channels", type=POSITIVE.arg, default=64, help="channels C")
     p.add_argument(
         "--dtype", choices=["float32", "float64", "float16", "bfloat16"], default="float32"
     )
@@ -87,15 +91,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="quadratic",
         help="CP rank: an int, 'linear', 'quadratic' or 'full'",
     )
-    p.add_argument("--repeats", type=int, default=7, help="timed calls (median) per case")
+    p.add_argument("--repeats", type=POSITIVE.arg, default=7, help="timed calls (median) per case")
     p.add_argument(
         "--max-seconds",
-        type=float,
+        type=SECONDS.arg,
         metavar="S",
         help="skip a backend at larger L once its forward+backward took over S seconds",
     )
     p.add_argument("--model", action="store_true", help="benchmark the full TDN network")
-    p.add_argument("--molecules", type=int, default=16, help="--model: molecules per batch")
+    p.add_argument(
+        "--molecules", type=POSITIVE.arg, default=16, help="--model: molecules per batch"
+    )
     p.add_argument(
         "--compile",
         action="store_true",
@@ -106,16 +112,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # ------------------------------------------------------------------------ backends
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: not a torch device: {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device: {name!r} asked for, but torch sees no CUDA device here")
-    return device
 
 
 def choose_backends(
@@ -358,12 +354,7 @@ def _plot(path: str, rows: list[dict], key: str, ylabel: str, title: str) -> Non
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tdn bench`` (see the module doc); returns the exit status."""
-    for name in ("edges", "channels", "repeats", "molecules"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
-    if args.lmax is not None and min(args.lmax) < 0:
-        raise UserError(f"--lmax: expected degrees >= 0, got {args.lmax}")
-    device = _device(args.device)
+    device = check_device(args.device, "--device")
     if "cp_triton" in args.backends and device.type == "cpu" and not args.model:
         print(GPU_NOTE, flush=True)
         if not switch_on_triton_interpreter():
@@ -373,8 +364,6 @@ def run(args: argparse.Namespace) -> int:
             )
     if "auto" in args.backends and args.model:
         raise UserError("--backend auto: compares products only; drop --model")
-    if args.max_seconds is not None and not args.max_seconds > 0:
-        raise UserError(f"--max-seconds: expected a positive number, got {args.max_seconds}")
     requested = ["all" if b == "auto" else b for b in args.backends]
     backends, notes = choose_backends(requested, MODEL_PEERS if args.model else PEERS)
     for note in notes:

@@ -31,6 +31,7 @@ from tdn_data import (
 )
 
 from ._errors import UserError
+from ._schema import POSITIVE, integer, number
 from ._util import Parser, add_command, progress, write_json
 
 EXAMPLES = """Examples:
@@ -62,15 +63,25 @@ def _no_action(args: argparse.Namespace) -> int:
 def _add_generate(p: Parser) -> None:
     """run the dataset generator (GFN2-xTB relaxations), with progress and resume"""
     p.add_argument("out", help="output folder (created; an earlier run there is resumed)")
-    p.add_argument("--molecules", type=int, default=100, help="accepted seeds to relax")
-    p.add_argument("--first", type=int, default=0, help="where the scan of the seed list starts")
-    p.add_argument("--shard-size", type=int, default=50, help="molecules per LMDB shard")
-    p.add_argument("--processes", type=int, default=2, help="worker processes (0: in-process)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fmax", type=float, default=0.05, help="BFGS convergence, eV/Å")
-    p.add_argument("--max-steps", type=int, default=200, help="BFGS steps per molecule")
-    p.add_argument("--displacement", type=float, default=0.1, help="start-geometry noise, Å")
-    p.add_argument("--max-atoms", type=int, default=24, help="largest seed (with hydrogens)")
+    p.add_argument("--molecules", type=POSITIVE.arg, default=100, help="accepted seeds to relax")
+    p.add_argument(
+        "--first", type=integer(0).arg, default=0, help="where the scan of the seed list starts"
+    )
+    p.add_argument("--shard-size", type=POSITIVE.arg, default=50, help="molecules per LMDB shard")
+    p.add_argument(
+        "--processes", type=integer(0).arg, default=2, help="worker processes (0: in-process)"
+    )
+    p.add_argument("--seed", type=integer(0).arg, default=0)
+    p.add_argument(
+        "--fmax", type=number(0, above=True).arg, default=0.05, help="BFGS convergence, eV/Å"
+    )
+    p.add_argument("--max-steps", type=POSITIVE.arg, default=200, help="BFGS steps per molecule")
+    p.add_argument(
+        "--displacement", type=number(0).arg, default=0.1, help="start-geometry noise, Å"
+    )
+    p.add_argument(
+        "--max-atoms", type=POSITIVE.arg, default=24, help="largest seed (with hydrogens)"
+    )
     p.add_argument("--precision", choices=["float32", "float64"], default="float64")
     p.add_argument("--source", choices=["nci", "qm9"], default="nci", help="seed molecules")
 
@@ -109,9 +120,6 @@ def generate(args: argparse.Namespace) -> int:
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"generate needs {', '.join(missing)}: pip install 'tdn-data[generate]'")
-    for name in ("molecules", "shard_size", "max_steps"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')}: expected a positive integer")
     summary = generate_dataset(
         args.out,
         num_molecules=args.molecules,

@@ -17,9 +17,11 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from tdn_data import PubChemQCRDataset, QM9Dataset, load_dataset
-from tdn_models import load_checkpoint
+from tdn_models import StructureError, check_graphs, load_checkpoint
 
 from ._errors import UserError
+from ._schema import POSITIVE
+from ._schema import device as check_device
 from ._util import add_command, existing_file, progress, write_json
 
 EXAMPLES = """Examples:
@@ -43,8 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", help="tensor-product backend (default: the checkpoint's)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=16, help="structures per batch")
-    p.add_argument("--max-samples", type=int, help="evaluate at most N structures per split")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        help="run the model in this dtype (default: the checkpoint's own)",
+    )
+    p.add_argument("--batch-size", type=POSITIVE.arg, default=16, help="structures per batch")
+    p.add_argument(
+        "--max-samples", type=POSITIVE.arg, help="evaluate at most N structures per split"
+    )
     p.add_argument("--plot", default="parity.png", metavar="FILE.png", help="parity plots")
     p.add_argument("--no-plot", action="store_true", help="do not draw the parity plots")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
@@ -89,7 +98,13 @@ def predict(model, dataset: Dataset, batch_size: int, device: torch.device, desc
 
     out: dict[str, list] = {k: [] for k in ("energy", "energy_pred", "atoms", "z", "f", "f_pred")}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    elements, seen = model.trained_elements(), 0
     for batch in progress(loader, desc):
+        try:  # numbers for structures the model cannot answer would be silently wrong
+            check_graphs(batch, model.cutoff, elements, first=seen)
+        except StructureError as e:
+            raise UserError(f"{desc}: {e}") from None
+        seen += batch.num_graphs
         batch = batch.to(device)
         batch.pos = batch.pos.to(model.dtype)
         if getattr(batch, "cell", None) is not None:
@@ -198,13 +213,10 @@ def _plot(path: str, preds: Mapping[str, Mapping[str, np.ndarray]], title: str) 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tdn eval``; returns the exit status."""
-    for name in ("batch_size", "max_samples"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
     checkpoint = existing_file(args.checkpoint, "CHECKPOINT")
-    device = torch.device(args.device)
-    model, info = load_checkpoint(checkpoint, backend=args.backend, device=device)
+    device = check_device(args.device, "--device")
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    model, info = load_checkpoint(checkpoint, backend=args.backend, device=device, dtype=dtype)
     try:
         splits = open_splits(args.data, args.split, **_ase_options(args))
     except TypeError as e:  # a reader that takes no such option (embedded, LMDB, QM9)

@@ -14,6 +14,7 @@ import time
 from tdn_core import cp_factors
 from tdn_core._factors import _file_name, _shipped_dir, default_cache_dir
 
+from ._schema import LMAX, number
 from ._util import add_command, parse_rank, write_json
 
 EXAMPLES = """Examples:
@@ -27,9 +28,11 @@ EXAMPLES = """Examples:
 def register(sub: argparse._SubParsersAction) -> None:
     summary = "fit and store a CP factor set; print its error and bound"
     p = add_command(sub, "fit-cp", summary, __doc__.split("\n\n")[0], EXAMPLES, run)
-    p.add_argument("--lmax", type=int, required=True, help="degree L of every input and output")
-    p.add_argument("--lmax-sh", type=int, help="degree of the second input (default --lmax)")
-    p.add_argument("--lmax-out", type=int, help="degree of the output (default --lmax)")
+    p.add_argument(
+        "--lmax", type=LMAX.arg, required=True, help="degree L of every input and output"
+    )
+    p.add_argument("--lmax-sh", type=LMAX.arg, help="degree of the second input (default --lmax)")
+    p.add_argument("--lmax-out", type=LMAX.arg, help="degree of the output (default --lmax)")
     how = p.add_mutually_exclusive_group()
     how.add_argument(
         "--rank",
@@ -37,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="quadratic",
         help="an int, 'linear' (7L), 'quadratic' (7L^2) or 'full' (exact)",
     )
-    how.add_argument("--tol", type=float, help="smallest rank with relative error <= TOL")
+    how.add_argument(
+        "--tol", type=number(0, 1, above=True).arg, help="smallest rank with relative error <= TOL"
+    )
     p.add_argument("--group", choices=["SO3", "O3"], default="SO3")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
 

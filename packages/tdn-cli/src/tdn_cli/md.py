@@ -18,6 +18,8 @@ import torch
 from tdn_models import TDNCalculator
 
 from ._errors import UserError
+from ._schema import POSITIVE, integer, number
+from ._schema import device as check_device
 from ._util import Parser, add_command, atomic_path, existing_file
 
 MD_EXAMPLES = """Examples:
@@ -59,20 +61,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     summary = "molecular dynamics (Langevin or NVE) with a checkpoint"
     p = add_command(sub, "md", summary, description, MD_EXAMPLES, run_md)
     _common(p)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--timestep", type=float, default=0.5, help="fs")
-    p.add_argument("--temperature", type=float, default=300.0, help="K (initial velocities too)")
-    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
-    p.add_argument("--seed", type=int, default=0, help="velocities and Langevin noise")
-    p.add_argument("--interval", type=int, default=1, help="write every N steps")
+    p.add_argument("--steps", type=POSITIVE.arg, default=100)
+    p.add_argument("--timestep", type=number(0, above=True).arg, default=0.5, help="fs")
+    p.add_argument(
+        "--temperature", type=number(0).arg, default=300.0, help="K (initial velocities too)"
+    )
+    p.add_argument("--friction", type=number(0).arg, default=0.01, help="Langevin friction, 1/fs")
+    p.add_argument("--seed", type=integer(0).arg, default=0, help="velocities and Langevin noise")
+    p.add_argument("--interval", type=POSITIVE.arg, default=1, help="write every N steps")
     p.add_argument("--out", default="md.traj", help="trajectory file")
 
     description = "Relax a structure (positions) with ASE and a TDN checkpoint."
     summary = "relax a structure with a checkpoint"
     r = add_command(sub, "relax", summary, description, RELAX_EXAMPLES, run_relax)
     _common(r)
-    r.add_argument("--fmax", type=float, default=0.05, help="convergence: max force, eV/Å")
-    r.add_argument("--steps", type=int, default=200, help="maximum optimizer steps")
+    r.add_argument(
+        "--fmax", type=number(0, above=True).arg, default=0.05, help="convergence: max force, eV/Å"
+    )
+    r.add_argument("--steps", type=POSITIVE.arg, default=200, help="maximum optimizer steps")
     r.add_argument("--optimizer", choices=OPTIMIZERS, default="BFGS")
     r.add_argument("--out", default="relax.traj", help="trajectory file")
 
@@ -91,7 +97,11 @@ def _atoms(args: argparse.Namespace):
     checkpoint = existing_file(args.checkpoint, "CHECKPOINT")
     dtype = getattr(torch, args.dtype)
     atoms.calc = TDNCalculator(
-        checkpoint, backend=args.backend, device=args.device, dtype=dtype, compile=args.compile
+        checkpoint,
+        backend=args.backend,
+        device=check_device(args.device, "--device"),
+        dtype=dtype,
+        compile=args.compile,
     )
     return atoms
 
@@ -112,12 +122,6 @@ def _run(dynamics, steps: int, **run_args) -> bool:
         return dynamics.run(steps=steps, **run_args)
 
 
-def _check_positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name}: expected a positive value, got {getattr(args, name)}")
-
-
 def run_md(args: argparse.Namespace) -> int:
     """Run ``tdn md``; returns the exit status."""
     from ase import units
@@ -127,9 +131,6 @@ def run_md(args: argparse.Namespace) -> int:
     from ase.md.langevin import Langevin
     from ase.md.verlet import VelocityVerlet
 
-    _check_positive(args, "steps", "timestep", "interval")
-    if args.friction < 0 or args.temperature < 0:
-        raise UserError("--friction and --temperature: expected values >= 0")
     atoms = _atoms(args)
     rng = np.random.default_rng(args.seed)
     # ASE 3.28 renamed MaxwellBoltzmannDistribution (same arguments); tdn-data needs >= 3.23
@@ -169,7 +170,6 @@ def run_relax(args: argparse.Namespace) -> int:
     import ase.optimize
     from ase.io import Trajectory
 
-    _check_positive(args, "steps", "fmax")
     atoms = _atoms(args)
     e0 = atoms.get_potential_energy()
     with atomic_path(args.out) as tmp:

@@ -24,6 +24,8 @@ from torch.utils.data import Subset
 from tdn_models import CheckpointError, read_checkpoint
 
 from ._errors import UserError
+from ._schema import check_config
+from ._schema import device as check_device
 from .trainer import Distributed, Trainer
 
 __all__ = ["compose_config", "main"]
@@ -250,16 +252,6 @@ def _datasets(data, seed: int):
     return train, val
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"trainer.device: expected auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("trainer.device: cuda asked for, but no CUDA device is visible")
-    return torch.device(name)
-
-
 def _init_distributed(device: torch.device) -> Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -289,8 +281,6 @@ def _run(cfg, resolved: dict, dist: Distributed, overrides: list[str]) -> Traine
             f"trainer.batch_size: the global batch {tcfg.batch_size} must divide evenly "
             f"over {dist.world} processes"
         )
-    if tcfg.dtype not in ("float32", "float64"):
-        raise UserError(f"trainer.dtype: expected float32 or float64, got {tcfg.dtype!r}")
     resume = bool(resolved["resume"])
     locks: list[int] = []
 
@@ -404,7 +394,8 @@ def main(argv: list[str]) -> int:
     if show:
         print(OmegaConf.to_yaml(OmegaConf.create(resolved)), end="")
         return 0
-    dist = _init_distributed(_device(str(cfg.trainer.device)))
+    check_config(resolved)  # before any file is read or written
+    dist = _init_distributed(check_device(str(cfg.trainer.device), "trainer.device"))
     try:
         _run(cfg, resolved, dist, overrides)
     finally:

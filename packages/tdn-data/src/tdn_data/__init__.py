@@ -70,10 +70,15 @@ def _lmdb_family(path: Path) -> str | None:
         env = _open_env(path)  # the process's shared handle: LMDB refuses a second open
     except ValueError:
         return "pubchemqcr"  # let the reader report the file as corrupt, with its name
-    with env.begin() as txn:
-        if txn.get(b"length") is not None or txn.get(b"nextid") is not None:
-            return "oc20"
-        first = next(iter(txn.cursor()), None)
+    import lmdb
+
+    try:
+        with env.begin() as txn:
+            if txn.get(b"length") is not None or txn.get(b"nextid") is not None:
+                return "oc20"
+            first = next(iter(txn.cursor()), None)
+    except lmdb.Error:
+        return "pubchemqcr"  # a corrupt page: the reader reports it, with the file's name
     return "oc20" if first is not None and not first[1].startswith(_GZIP_MAGIC) else "pubchemqcr"
 
 
