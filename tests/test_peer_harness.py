@@ -204,3 +204,17 @@ def test_wall_budget_is_whole_epochs_for_mace_and_steps_for_tdn():
     whole = train.tdn_command("tdn-best-cp_eager", Path("run"), 0, 1.0)
     assert not any(c.startswith("trainer.max_steps=") for c in whole)
     assert train.epochs_for("nequip", "wall", 0, 15.0) is None
+
+
+def test_results_show_the_speed_table_of_the_committed_rounds():
+    """RESULTS 5.2's table is speed.py's, from the committed per-round JSON."""
+    speed = _module("speed")
+    rows = speed.summary()
+    assert rows, "no committed speed rounds"
+    assert all(r["rounds"] >= 3 for r in rows.values())
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    for line in speed.table(rows).splitlines():
+        if line.startswith("| "):
+            assert line in text, f"not in docs/RESULTS.md: {line}"
+    saved = json.loads((ROOT / "docs" / "results" / "peers" / "speed.json").read_text())
+    assert saved == json.loads(json.dumps(rows))

@@ -258,8 +258,9 @@ def run(names: list[str], rounds: int, cpu: int, inference_reps: int) -> None:
             )  # fmt: skip
 
 
-def table() -> str:
-    """Markdown (medians over rounds) and speed.json beside the per-round files."""
+def summary() -> dict[str, dict]:
+    """Per model: the median over its rounds of every rate and of the first call's time,
+    with its rounds, package, parameter count and CPU (from the per-round JSON)."""
     rows = {}
     for name in MODELS:
         rounds = [json.loads(p.read_text()) for p in sorted(OUT.glob(f"{name}-r*.json"))]
@@ -268,6 +269,11 @@ def table() -> str:
             rows[name] = {k: statistics.median(r[k] for r in rounds) for k in keys}
             rows[name]["rounds"] = len(rounds)
             rows[name].update({k: rounds[0][k] for k in ("package", "parameters", "cpu")})
+    return rows
+
+
+def table(rows: dict[str, dict]) -> str:
+    """Markdown of :func:`summary`'s rows."""
     lines = [
         "| model | package | parameters | rounds | first call s | inference atoms/s "
         "| training atoms/s | MD 20 atoms steps/s | MD 200-atom box steps/s |",
@@ -283,8 +289,14 @@ def table() -> str:
         )
     cpus = sorted({r["cpu"] for r in rows.values()})
     lines.append(f"\nfloat32, one thread pinned; medians over rounds; CPU: {', '.join(cpus)}")
-    _write_json(OUT.parent / "speed.json", rows)
     return "\n".join(lines)
+
+
+def write_summary() -> str:
+    """speed.json beside the per-round files; returns the table."""
+    rows = summary()
+    _write_json(OUT.parent / "speed.json", rows)
+    return table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             p.error(f"trained models missing for {missing}: run train.py for them first")
         run(args.models, args.rounds, args.cpu, args.inference_reps)
-        print(table())
+        print(write_summary())
     elif args.cmd == "table":
-        print(table())
+        print(write_summary())
     else:
         result = time_one(args.kind, args.model, args.backend, args.compile, args.inference_reps)
         result.update(kind=args.kind, model=str(args.model), backend=args.backend,
