@@ -68,22 +68,6 @@ def molecule(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def workdir(tmp_path, checkpoint, extxyz, molecule) -> Path:
-    """A folder of inputs and existing outputs that no failing command may touch."""
-    ckpt = torch.load(checkpoint, weights_only=True)
-    ckpt["version"] += 1
-    torch.save(ckpt, tmp_path / "newer.pt")
-    shutil.copy(checkpoint, tmp_path / "model.pt")
-    shutil.copy(extxyz, tmp_path / "frames.extxyz")
-    shutil.copy(molecule, tmp_path / "mol.xyz")
-    (tmp_path / "empty.extxyz").write_text("")
-    (tmp_path / "no_energy.xyz").write_text("1\n\nH 0 0 0\n")
-    for name in ("out.png", "out.json", "out.traj", "out.extxyz"):
-        (tmp_path / name).write_bytes(b"existing " + name.encode())
-    return tmp_path
-
-
 def pytest_terminal_summary(terminalreporter) -> None:
     """Say how many bad inputs the fuzzer (test_fuzz_cli.py) tried, and how many held."""
     stats = terminalreporter.stats

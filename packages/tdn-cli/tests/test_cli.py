@@ -8,7 +8,7 @@ import sys
 import types
 
 import pytest
-from cli_helpers import digest, run
+from cli_helpers import run
 
 from tdn_cli._errors import UserError
 from tdn_cli.main import main
@@ -246,48 +246,6 @@ def test_relax_writes_a_trajectory(capsys, checkpoint, molecule, tmp_path):
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-BAD = {
-    "missing checkpoint": ["eval", "missing.pt", "frames.extxyz", "--plot", "out.png"],
-    "missing data": ["eval", "model.pt", "missing.extxyz", "--plot", "out.png"],
-    "newer checkpoint": ["eval", "newer.pt", "frames.extxyz", "--plot", "out.png",
-                         "--json", "out.json"],
-    "empty dataset": ["eval", "model.pt", "empty.extxyz", "--plot", "out.png"],
-    "no energies": ["eval", "model.pt", "no_energy.xyz", "--plot", "out.png"],
-    "eval unknown backend": ["eval", "model.pt", "frames.extxyz", "--backend", "nope",
-                             "--plot", "out.png"],
-    "eval unit on embedded": ["eval", "model.pt", "embedded-tiny", "--energy-unit",
-                              "kcal/mol", "--plot", "out.png", "--json", "out.json"],
-    "eval unknown unit": ["eval", "model.pt", "frames.extxyz", "--energy-unit", "furlong",
-                          "--plot", "out.png"],
-    "bench unknown backend": ["bench", "--backend", "cp_eager", "nope", "--json", "out.json",
-                              "--plot", "out.png"],
-    "md newer checkpoint": ["md", "newer.pt", "mol.xyz", "--out", "out.traj"],
-    "md unknown backend": ["md", "model.pt", "mol.xyz", "--backend", "nope", "--out", "out.traj"],
-    "md missing structure": ["md", "model.pt", "missing.xyz", "--out", "out.traj"],
-    "relax empty structure": ["relax", "model.pt", "empty.extxyz", "--out", "out.traj"],
-    "relax missing checkpoint": ["relax", "missing.pt", "mol.xyz", "--out", "out.traj"],
-    "convert onto existing": ["data", "convert", "frames.extxyz", "out.extxyz"],
-    "convert empty": ["data", "convert", "empty.extxyz", "out.extxyz", "--overwrite"],
-    "convert unknown format": ["data", "convert", "frames.extxyz", "out.png"],
-    "inspect missing": ["data", "inspect", "missing.lmdb", "--json", "out.json"],
-    "fit-cp bad rank": ["fit-cp", "--lmax", "1", "--rank", "0", "--json", "out.json"],
-    "fit-cp bad tol": ["fit-cp", "--lmax", "1", "--tol", "1.5", "--json", "out.json"],
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("argv", BAD.values(), ids=BAD.keys())
-def test_bad_input_is_one_line_and_leaves_files(capsys, monkeypatch, workdir, argv):
-    monkeypatch.chdir(workdir)
-    before = digest(workdir)
-    code, _, err = run(capsys, *argv)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    prefix = "tdn " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
-    assert lines[0].startswith(f"{prefix}: error: "), lines[0]
-    assert digest(workdir) == before
 
 
 def test_unknown_backend_message_lists_registered(capsys):

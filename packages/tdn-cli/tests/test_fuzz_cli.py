@@ -1,7 +1,7 @@
 """A fuzzer for the ``tdn`` command: bad input of every kind, to every subcommand.
 
 Every case is an argv, valid but for one bad value or file, run in-process in a folder
-of inputs and existing outputs (conftest's ``workdir``). Each must: exit with status 2;
+of inputs and existing outputs (``fuzzdir``). Each must: exit with status 2;
 print one line on stderr, ``tdn <subcommand>: error: ...``, and no traceback; leave
 every file as it was and create none; and take under 10 s. The numeric cases are drawn
 by a seeded generator, a fixed number per option (:data:`DRAWS`), so CI's time stays
@@ -121,6 +121,31 @@ def _numeric_cases() -> dict[str, list[str]]:
 
 #: (subcommand argv, the files it names), every one a bad file
 FILE_CASES = {
+    "missing checkpoint": ["eval", "missing.pt", "frames.extxyz", "--plot", "out.png"],
+    "missing data": ["eval", "model.pt", "missing.extxyz", "--plot", "out.png"],
+    "newer checkpoint": ["eval", "newer.pt", "frames.extxyz", "--plot", "out.png",
+                         "--json", "out.json"],
+    "empty dataset": ["eval", "model.pt", "empty.extxyz", "--plot", "out.png"],
+    "no energies": ["eval", "model.pt", "no_energy.xyz", "--plot", "out.png"],
+    "eval unknown backend": ["eval", "model.pt", "frames.extxyz", "--backend", "nope",
+                             "--plot", "out.png"],
+    "eval unit on embedded": ["eval", "model.pt", "embedded-tiny", "--energy-unit",
+                              "kcal/mol", "--plot", "out.png", "--json", "out.json"],
+    "eval unknown unit": ["eval", "model.pt", "frames.extxyz", "--energy-unit", "furlong",
+                          "--plot", "out.png"],
+    "bench unknown backend": ["bench", "--backend", "cp_eager", "nope", "--json", "out.json",
+                              "--plot", "out.png"],
+    "md newer checkpoint": ["md", "newer.pt", "mol.xyz", "--out", "out.traj"],
+    "md unknown backend": ["md", "model.pt", "mol.xyz", "--backend", "nope", "--out", "out.traj"],
+    "md missing structure": ["md", "model.pt", "missing.xyz", "--out", "out.traj"],
+    "relax empty structure": ["relax", "model.pt", "empty.extxyz", "--out", "out.traj"],
+    "relax missing checkpoint": ["relax", "missing.pt", "mol.xyz", "--out", "out.traj"],
+    "convert onto existing": ["data", "convert", "frames.extxyz", "out.extxyz"],
+    "convert empty": ["data", "convert", "empty.extxyz", "out.extxyz", "--overwrite"],
+    "convert unknown format": ["data", "convert", "frames.extxyz", "out.png"],
+    "inspect missing": ["data", "inspect", "missing.lmdb", "--json", "out.json"],
+    "fit-cp bad rank": ["fit-cp", "--lmax", "1", "--rank", "0", "--json", "out.json"],
+    "fit-cp bad tol": ["fit-cp", "--lmax", "1", "--tol", "1.5", "--json", "out.json"],
     "eval truncated checkpoint": ["eval", "truncated.pt", "frames.extxyz", "--plot", "out.png"],
     "eval random checkpoint": ["eval", "random.pt", "frames.extxyz", "--plot", "out.png"],
     "eval pickled object": ["eval", "pickle.pt", "frames.extxyz", "--plot", "out.png"],
@@ -220,12 +245,23 @@ def bad_files(tmp_path_factory, checkpoint: Path, molecule: Path) -> Path:
 
 
 @pytest.fixture
-def fuzzdir(workdir: Path, bad_files: Path) -> Path:
-    """conftest's workdir plus the bad files, and a folder where a file should be."""
+def fuzzdir(tmp_path, checkpoint, extxyz, molecule, bad_files: Path) -> Path:
+    """A folder of good inputs, existing outputs that no failing command may touch, the
+    bad files, and a folder where a file should be."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["version"] += 1
+    torch.save(ckpt, tmp_path / "newer.pt")
+    shutil.copy(checkpoint, tmp_path / "model.pt")
+    shutil.copy(extxyz, tmp_path / "frames.extxyz")
+    shutil.copy(molecule, tmp_path / "mol.xyz")
+    (tmp_path / "empty.extxyz").write_text("")
+    (tmp_path / "no_energy.xyz").write_text("1\n\nH 0 0 0\n")
+    for name in ("out.png", "out.json", "out.traj", "out.extxyz"):
+        (tmp_path / name).write_bytes(b"existing " + name.encode())
     for f in bad_files.iterdir():
-        shutil.copy(f, workdir / f.name)
-    (workdir / "folder").mkdir()
-    return workdir
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "folder").mkdir()
+    return tmp_path
 
 
 def run_ok(argv: list[str]) -> bool:

@@ -222,6 +222,7 @@ def test_structures_the_model_cannot_answer_are_refused(calc, samples):
         atoms = base.copy()
         change(atoms)
         atoms.calc = calc
+        calc.reset()  # a new structure: a step (positions only) gets the finite check alone
         with pytest.raises(StructureError, match=message):
             atoms.get_potential_energy()
     single = base[:1]  # one atom alone is a valid question (its E0)

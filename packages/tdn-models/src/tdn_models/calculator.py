@@ -58,6 +58,12 @@ class TDNCalculator(Calculator):
     electronic entropy), ``forces`` ``(natoms, 3)`` eV/Å, and ``stress`` ``(6,)`` eV/Å^3
     in Voigt order (xx, yy, zz, yz, xz, xy) for fully periodic cells only; asking the
     stress of anything else raises ``PropertyNotImplementedError``.
+
+    Raises :class:`StructureError` for a structure the model cannot answer
+    (:func:`check_structure`). A new structure (other atoms, cell or pbc than the last,
+    or after ``reset()``) gets every check; a step that moves atoms only, as in MD and
+    relaxation, gets the cheap one (finite positions), so that a step costs no
+    neighbour search beyond the model's own.
     """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
