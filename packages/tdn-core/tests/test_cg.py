@@ -102,13 +102,14 @@ def test_bad_group():
 def test_a_cg_tensor_beyond_memory_is_refused_before_it_is_allocated(monkeypatch):
     import time
 
-    from tdn_core import AllocationTooLarge, _memory, cg_tensor
+    from tdn_core import AllocationTooLarge, _cg, _memory, cg_tensor
 
     t0 = time.perf_counter()
     with pytest.raises(AllocationTooLarge, match=r"\(99, 99, 99\) needs 7.28 TiB, more than"):
         cg_tensor(99, 99, 99)  # 10^12 float64: refused, not attempted
     assert time.perf_counter() - t0 < 1.0
     monkeypatch.setattr(_memory, "available_bytes", lambda: 10_000)
+    _cg._cg_tensor_np.cache_clear()  # a tensor built earlier would come from the cache
     with pytest.raises(AllocationTooLarge, match=r"needs 18 KiB, more than the 9\.77 KiB"):
-        cg_tensor(3, 2, 3, "O3")  # 16 x 9 x 16 float64 (an uncached shape)
+        cg_tensor(3, 2, 3, "O3")  # 16 x 9 x 16 float64
     assert cg_tensor(1, 1, 1).shape == (4, 4, 4)  # 512 B fit
