@@ -254,3 +254,21 @@ def test_unknown_backend_message_lists_registered(capsys):
     from tdn_core import available_backends
 
     assert all(name in err for name in available_backends())
+
+
+def test_eval_metrics_report_the_force_tail_per_atom():
+    """A hand-made example: atom k (k = 1..100) is off by k eV/Å along x, nothing else."""
+    import numpy as np
+
+    from tdn_cli.evaluate import metrics
+
+    k = np.arange(1, 101, dtype=float)
+    f = np.zeros((100, 3))
+    p = {"energy": np.zeros(2), "energy_pred": np.zeros(2), "atoms": np.array([50, 50]),
+         "f": f, "f_pred": f + np.stack([k, 0 * k, 0 * k], axis=1)}  # fmt: skip
+    m = metrics(p)
+    assert m["force_mae_eV_per_A"] == pytest.approx(k.sum() / 300)
+    assert m["force_rmse_eV_per_A"] == pytest.approx(np.sqrt((k**2).sum() / 300))
+    assert m["force_atom_p99_eV_per_A"] == pytest.approx(99.01)  # linear between 99 and 100
+    assert m["force_atom_p999_eV_per_A"] == pytest.approx(99.901)
+    assert m["force_worst_atom_eV_per_A"] == 100.0

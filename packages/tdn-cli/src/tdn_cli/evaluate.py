@@ -149,6 +149,11 @@ def metrics(p: Mapping[str, np.ndarray]) -> dict:
         df = p["f_pred"] - p["f"]
         m["force_mae_eV_per_A"] = float(np.abs(df).mean())
         m["force_rmse_eV_per_A"] = float(np.sqrt((df**2).mean()))
+        # the tail, per atom: the MAE hides the few atoms that tear a molecule apart in MD
+        per_atom = np.linalg.norm(df, axis=1)
+        m["force_atom_p99_eV_per_A"] = float(np.percentile(per_atom, 99))
+        m["force_atom_p999_eV_per_A"] = float(np.percentile(per_atom, 99.9))
+        m["force_worst_atom_eV_per_A"] = float(per_atom.max())
     return m
 
 
@@ -175,8 +180,8 @@ def element_errors(preds: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, d
 def _print_tables(per_split: dict[str, dict], per_element: dict[str, dict]) -> None:
     print(
         f"{'split':<6} {'structs':>7} {'atoms':>7} {'E MAE':>9} {'E RMSE':>9} {'E MAE':>9} "
-        f"{'F MAE':>8} {'F RMSE':>8}\n{'':<22} {'meV/atom':>9} {'meV/atom':>9} {'meV':>9} "
-        f"{'meV/Å':>8} {'meV/Å':>8}"
+        f"{'F MAE':>8} {'F RMSE':>8} {'F p99.9':>9} {'F worst':>9}\n{'':<22} {'meV/atom':>9} "
+        f"{'meV/atom':>9} {'meV':>9} {'meV/Å':>8} {'meV/Å':>8} {'atom eV/Å':>9} {'atom eV/Å':>9}"
     )
     for name, m in per_split.items():
         f_mae, f_rmse = m.get("force_mae_eV_per_A"), m.get("force_rmse_eV_per_A")
@@ -184,7 +189,12 @@ def _print_tables(per_split: dict[str, dict], per_element: dict[str, dict]) -> N
             f"{name:<6} {m['structures']:>7} {m['atoms']:>7} "
             f"{1e3 * m['energy_mae_eV_per_atom']:>9.2f} "
             f"{1e3 * m['energy_rmse_eV_per_atom']:>9.2f} {1e3 * m['energy_mae_eV']:>9.2f} "
-            + ("" if f_mae is None else f"{1e3 * f_mae:>8.1f} {1e3 * f_rmse:>8.1f}")
+            + (
+                ""
+                if f_mae is None
+                else f"{1e3 * f_mae:>8.1f} {1e3 * f_rmse:>8.1f} "
+                f"{m['force_atom_p999_eV_per_A']:>9.3f} {m['force_worst_atom_eV_per_A']:>9.3f}"
+            )
         )
     if per_element:
         print(
