@@ -10,10 +10,12 @@ neighbour within the cutoff (the model cannot see it: often Bohr or nm read as �
 from __future__ import annotations
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
 from tdn_core import TDNError
+from tdn_data.graphs import radius_graph
 
 __all__ = ["MIN_DISTANCE", "StructureError", "check_graphs", "check_structure"]
 
@@ -30,23 +32,26 @@ def _name(atoms: Atoms, i: int) -> str:
 
 
 def _pairs(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i, j) within ``cutoff`` and their distances; a molecule by all pairs
-    (microseconds at a few hundred atoms, where ASE's list takes a millisecond)."""
-    from ase.neighborlist import neighbor_list
-
-    if atoms.pbc.any() or len(atoms) > 2000:
-        return neighbor_list("ijd", atoms, cutoff)
-    pos = atoms.positions
-    d = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1))
-    i, j = np.nonzero((d < cutoff) & ~np.eye(len(pos), dtype=bool))
-    return i, j, d[i, j]
+    """Pairs (i, j) within ``cutoff`` and their distances (Å): tdn_data's radius graph,
+    the one every model builds; two atoms on one site are a StructureError."""
+    periodic = bool(atoms.pbc.any())
+    try:
+        graph = radius_graph(
+            torch.as_tensor(atoms.positions, dtype=torch.float64), cutoff,
+            cell=torch.as_tensor(atoms.cell.array, dtype=torch.float64) if periodic else None,
+            pbc=atoms.pbc.tolist() if periodic else None,
+        )  # fmt: skip
+    except ValueError as e:  # overlapping atoms: no edge direction
+        raise StructureError(str(e)) from None
+    src, dst = graph.edge_index.numpy()
+    return dst, src, graph.edge_len.numpy()
 
 
 def check_structure(atoms: Atoms, cutoff: float, elements: set[int] | None = None) -> None:
     """Raise :class:`StructureError` naming the first problem of ``atoms``.
 
     cutoff: the model's radius (Å); elements: the atomic numbers the model was trained on
-    (``None``: not known, not checked). Cost: one ASE neighbour list, O(N).
+    (``None``: not known, not checked). Cost: one radius graph, O(N).
     """
     if len(atoms) == 0:
         raise StructureError("the structure has no atoms")
