@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from tdn_cli.main import main
@@ -15,9 +16,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, by relative path."""
+    """sha256 of every readable file under ``folder``, by relative path."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and os.access(p, os.R_OK)
     }

@@ -10,8 +10,10 @@ bounded; the file cases are listed. The summary at the end says how many ran.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -177,8 +179,22 @@ FILE_CASES = {
     "convert corrupt lmdb": ["data", "convert", "corrupt.lmdb", "converted.extxyz"],
     "bench no such device": ["bench", "--backend", "cp_eager", "--device", "cuda:7"],
     "train no such device": ["train", "trainer.device=cuda", "output_dir=run"],
-    "train unreadable data": ["train", "data=path", "data.source=missing.lmdb",
+    "train missing data": ["train", "data=path", "data.source=missing.lmdb",
+                           "output_dir=run"],
+    "train unreadable data": ["train", "data=path", "data.source=locked.lmdb",
                               "output_dir=run"],
+    "eval unreadable checkpoint": ["eval", "locked.pt", "frames.extxyz", "--plot", "out.png"],
+    "eval unreadable data": ["eval", "model.pt", "locked.extxyz", "--plot", "out.png"],
+    "md unreadable checkpoint": ["md", "locked.pt", "mol.xyz", "--out", "out.traj"],
+    "md unreadable structure": ["md", "model.pt", "locked.extxyz", "--out", "out.traj"],
+    "relax unreadable checkpoint": ["relax", "locked.pt", "mol.xyz", "--out", "out.traj"],
+    "inspect unreadable": ["data", "inspect", "locked.extxyz", "--json", "out.json"],
+    "convert unreadable": ["data", "convert", "locked.extxyz", "converted.extxyz"],
+    "eval cell tiny for the cutoff": ["eval", "model.pt", "tinycell.extxyz", "--plot",
+                                      "out.png"],
+    "md cell tiny for the cutoff": ["md", "model.pt", "tinycell.extxyz", "--out", "out.traj"],
+    "relax cell tiny for the cutoff": ["relax", "model.pt", "tinycell.extxyz", "--out",
+                                       "out.traj"],
 }  # fmt: skip
 
 CASES = {**_numeric_cases(), **FILE_CASES}
@@ -224,9 +240,15 @@ def bad_files(tmp_path_factory, checkpoint: Path, molecule: Path) -> Path:
     def alien(a):
         a.numbers[0] = 92  # uranium: not in the training data
 
+    def tiny_cell(a):
+        # periodic images 0.001 Å apart: billions of edges within the cutoff
+        a.cell = np.eye(3) * 1e-3
+        a.pbc = True
+        a.positions = a.cell.cartesian_positions(np.random.default_rng(0).random((len(a), 3)))
+
     for name, change, nan_f in (
         ("nan_pos", nan_position, False), ("nan_forces", None, True), ("close", close, False),
-        ("far", far, False), ("alien", alien, False),
+        ("far", far, False), ("alien", alien, False), ("tinycell", tiny_cell, False),
     ):  # fmt: skip
         write(folder / f"{name}.extxyz", _frames(molecule, change, nan_f), format="extxyz")
     box = _frames(molecule)
@@ -261,7 +283,20 @@ def fuzzdir(tmp_path, checkpoint, extxyz, molecule, bad_files: Path) -> Path:
     for f in bad_files.iterdir():
         shutil.copy(f, tmp_path / f.name)
     (tmp_path / "folder").mkdir()
+    for name in ("locked.pt", "locked.extxyz", "locked.lmdb"):
+        _unreadable(tmp_path / name, source=tmp_path / "frames.extxyz")
     return tmp_path
+
+
+def _unreadable(path: Path, source: Path) -> None:
+    """A file nobody may read: mode 000, or for root, who reads any mode, a UNIX socket
+    (open() fails with ENXIO for every user)."""
+    if os.geteuid() != 0:
+        shutil.copy(source, path)
+        path.chmod(0)
+        return
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))  # the socket file stays after close
 
 
 def run_ok(argv: list[str]) -> bool:

@@ -17,6 +17,7 @@ from ._errors import (
     UnsupportedDescriptor,
 )
 from ._factors import CPFactors, cp_factors, resolve_rank
+from ._memory import check_fits
 from ._spherical_harmonics import SphericalHarmonics, spherical_harmonics
 from ._tensor_product import TensorProduct
 from .backends import Backend, available_backends, get_backend, register_backend
@@ -40,6 +41,7 @@ __all__ = [
     "available_backends",
     "cg_block",
     "cg_tensor",
+    "check_fits",
     "cp_factors",
     "dim",
     "get_backend",

@@ -41,7 +41,13 @@ import torch
 import vesin
 from torch import Tensor
 
-__all__ = ["Graph", "batch_radius_graph", "compute_edge_vectors", "radius_graph"]
+__all__ = [
+    "Graph",
+    "batch_radius_graph",
+    "compute_edge_vectors",
+    "periodic_edge_estimate",
+    "radius_graph",
+]
 
 # Non-periodic systems up to this many atoms use the dense numpy path (crossover measured ~40).
 _DENSE_MAX_ATOMS = 32
@@ -150,6 +156,35 @@ def _check_cell(cell: Tensor | np.ndarray, pbc: np.ndarray, name: str = "cell") 
                 f"(smallest singular value {sv.min():.3g} Å)"
             )
     return cell
+
+
+def periodic_edge_estimate(n_atoms: int, cutoff: float, cell: Any, pbc: Any) -> float:
+    """The edge count :func:`radius_graph` will find in a periodic structure of uniform
+    density, before the search runs.
+
+    ``N^2 B / M``: with ``k`` periodic directions, ``M`` is the measure of the periodic
+    lattice (length, area or volume, Å^k) and ``B`` that of a ``k``-ball of radius
+    ``cutoff`` (``2 r``, ``pi r^2``, ``4/3 pi r^3``), so every pair has ``B / M`` images
+    within reach. A cutoff far beyond a tiny cell means billions of images: this sizes
+    the search before it allocates. The non-periodic directions add nothing (their pairs
+    are real atoms, at most ``N^2``).
+
+    Args:
+        n_atoms: N.
+        cutoff: radius (Å), > 0.
+        cell: ``[3, 3]`` rows = lattice vectors (Å).
+        pbc: a bool or 3 bools, at least one True.
+    Returns:
+        the estimated number of edges (``inf`` for a periodic lattice without extent).
+    """
+    rc = _check_cutoff(cutoff)
+    pbc_np = _check_pbc(pbc)
+    if not pbc_np.any():
+        raise ValueError("pbc: expected at least one periodic direction, got none")
+    lattice = np.asarray(cell, dtype=np.float64).reshape(3, 3)[pbc_np]
+    measure = float(np.sqrt(max(np.linalg.det(lattice @ lattice.T), 0.0)))  # Gram determinant
+    ball = {1: 2 * rc, 2: np.pi * rc**2, 3: 4 / 3 * np.pi * rc**3}[len(lattice)]
+    return float(n_atoms) ** 2 * ball / measure if measure > 0 else np.inf
 
 
 # ----------------------------------------------------------------------------- search (numpy)

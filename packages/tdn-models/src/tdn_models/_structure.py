@@ -5,6 +5,8 @@ nothing, and say why in one line: non-finite positions, a periodic cell that is 
 elements the model never saw, atoms closer than :data:`MIN_DISTANCE` (two atoms on one
 site: a bad file or units) and, in a structure of several atoms, an atom with no
 neighbour within the cutoff (the model cannot see it: often Bohr or nm read as Å).
+A periodic structure whose radius graph would not fit in memory (a cutoff far beyond a
+tiny cell) is refused before the search allocates it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from tdn_core import TDNError
-from tdn_data.graphs import radius_graph
+from tdn_core import AllocationTooLarge, TDNError, check_fits
+from tdn_data.graphs import periodic_edge_estimate, radius_graph
 
 __all__ = ["MIN_DISTANCE", "StructureError", "check_graphs", "check_structure"]
 
 #: Å; no two atoms of a physical structure come closer (H2's bond is 0.74 Å)
 MIN_DISTANCE = 0.1
+#: bytes the radius graph search holds per edge at its peak: the search's (i, j, shift)
+#: and their sorted copies (2 x 40), then edge_index, cell_shifts, edge_vec and edge_len
+#: in float64 (72)
+_GRAPH_BYTES_PER_EDGE = 152
 
 
 class StructureError(TDNError, ValueError):
@@ -68,6 +74,15 @@ def check_structure(atoms: Atoms, cutoff: float, elements: set[int] | None = Non
             )
         if atoms.pbc.all() and abs(np.linalg.det(cell)) < 1e-9:
             raise StructureError(f"the periodic cell has no volume ({cell.tolist()})")
+        edges = periodic_edge_estimate(len(atoms), cutoff, cell, atoms.pbc)
+        try:
+            check_fits(
+                edges * _GRAPH_BYTES_PER_EDGE,
+                f"the radius graph of {len(atoms)} atom(s) in this cell at the cutoff "
+                f"{cutoff:g} Å (about {edges:.3g} edges: the cell is tiny for the cutoff)",
+            )
+        except AllocationTooLarge as e:
+            raise StructureError(str(e)) from None
     if elements:
         unknown = sorted({int(z) for z in atoms.numbers} - elements)
         if unknown:
