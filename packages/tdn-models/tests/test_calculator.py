@@ -219,7 +219,8 @@ def test_structures_the_model_cannot_answer_are_refused(calc, samples):
         "empty periodic vector": lambda a: a.set_pbc(True),
         # billions of periodic images within the cutoff: refused before the search
         "radius graph of .* more than the .* available": lambda a: (
-            a.set_cell(np.eye(3) * 1e-3, scale_atoms=False), a.set_pbc(True)
+            a.set_cell(np.eye(3) * 1e-3, scale_atoms=False),
+            a.set_pbc(True),
         ),
     }
     for message, change in cases.items():
