@@ -64,6 +64,16 @@ ABLATIONS: dict[str, list[str]] = {
         "model.channels=48", "trainer.batch_size=8", "trainer.optimizer.lr=5e-3",
         "trainer.energy_weight=1", "trainer.force_weight=100",
     ],
+    # round 3 (issue 21, the tail at close contacts), from the best config: a ZBL pair
+    # repulsion below bond lengths, a Bessel radial basis (8 functions, as NequIP and
+    # MACE), and both; scored on the whole validation split for the tail metrics too
+    "tail-base": ["experiment=tdn-best"],
+    "tail-zbl": ["experiment=tdn-best", "model.zbl=true"],
+    "tail-bessel": ["experiment=tdn-best", "model.radial_basis=bessel", "model.num_basis=8"],
+    "tail-zbl-bessel": [
+        "experiment=tdn-best", "model.zbl=true", "model.radial_basis=bessel",
+        "model.num_basis=8",
+    ],
 }  # fmt: skip
 
 
@@ -98,9 +108,28 @@ def _train(name: str, run_dir: Path, target: Path, cpu: int) -> None:
         "seed": 0,
         "threads": 1,
     }
+    result.update(_val_tail(run_dir, cpu))
     if resumed:  # its time counts only the part after the interruption
         result["resumed"] = True
     write_json(target, result)
+
+
+def _val_tail(run_dir: Path, cpu: int) -> dict:
+    """Force RMSE and per-atom tail on the WHOLE validation split (6,436 snapshots, its
+    few close contacts included): ``tdn eval`` of the best checkpoint."""
+    out = run_dir / "val_eval.json"
+    cmd = [TDN, "eval", repo_relative(run_dir / "checkpoints" / "best.pt"), "embedded"]
+    cmd += ["--split", "val", "--no-plot", "--json", repo_relative(out)]
+    _run(cmd, cpu, run_dir / "val_eval.log")
+    m = json.loads(out.read_text())["splits"]["val"]
+    return {
+        "val_all_snapshots": m["structures"],
+        "val_all_force_mae_meV_per_A": 1e3 * m["force_mae_eV_per_A"],
+        "val_all_force_rmse_meV_per_A": 1e3 * m["force_rmse_eV_per_A"],
+        "val_all_force_atom_p999_eV_per_A": m["force_atom_p999_eV_per_A"],
+        "val_all_force_worst_atom_eV_per_A": m["force_worst_atom_eV_per_A"],
+        "val_all_force_by_nn_distance": m["force_by_nn_distance"],
+    }
 
 
 def _parameters(checkpoint: Path) -> int:

@@ -75,3 +75,27 @@ def parity(
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def error_against_distance(
+    path: str | os.PathLike,
+    groups: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    title: str,
+) -> Path:
+    """Per-atom force error (eV/Å, log scale) against the distance to the nearest
+    neighbour (Å), one colour per ``group: (nn, error)``; returns path."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for group, (nn, err) in groups.items():
+        keep = np.isfinite(nn) & (err > 0)
+        ax.scatter(nn[keep], err[keep], s=3, alpha=0.4, label=group, rasterized=True)
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="distance to the nearest neighbour (Å)",
+        ylabel="per-atom force error |F_pred - F_ref| (eV/Å)",
+        title=title,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small", markerscale=3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -191,6 +191,8 @@ TRAIN: dict[str, Rule] = {
     "model.avg_neighbors": number(0, above=True),
     "model.max_neighbors": integer(1, nullable=True),
     "model.direct_forces": flag(),
+    "model.radial_basis": choice("bessel", "gaussian"),  # tdn_models.RADIAL_BASES
+    "model.zbl": flag(),
     "model.hidden_channels": POSITIVE,
     "model.num_filters": POSITIVE,
     "model.num_interactions": POSITIVE,

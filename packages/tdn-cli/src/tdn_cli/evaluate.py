@@ -3,13 +3,16 @@
 Reads the data through ``tdn_data.load_dataset`` (the embedded sets, PubChemQCR or OC20
 LMDBs, QM9, or any file ASE reads, such as extxyz). Sources with splits (PubChemQCR-style
 shards) are evaluated per split, others as one set ``all``. Prints energy MAE and RMSE
-per atom (meV/atom) and per structure (meV), force-component MAE and RMSE (meV/Å) and
-the force errors per element, and draws parity plots (PNG).
+per atom (meV/atom) and per structure (meV), force-component MAE and RMSE (meV/Å), the
+force tail per atom (p99, p99.9, worst), the force errors per element and against the
+distance to each atom's nearest neighbour (close contacts are where potentials fail),
+and draws parity plots and the per-atom error against that distance (PNG).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from tdn_data import PubChemQCRDataset, QM9Dataset, load_dataset
+from tdn_data.graphs import batch_radius_graph
 from tdn_models import StructureError, check_graphs, load_checkpoint
 
 from ._errors import UserError
@@ -54,7 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-samples", type=POSITIVE.arg, help="evaluate at most N structures per split"
     )
-    p.add_argument("--plot", default="parity.png", metavar="FILE.png", help="parity plots")
+    p.add_argument(
+        "--plot",
+        default="parity.png",
+        metavar="FILE.png",
+        help="parity plots; FILE_nn.png beside it: per-atom force error against the "
+        "distance to the nearest neighbour",
+    )
     p.add_argument("--no-plot", action="store_true", help="do not draw the parity plots")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
     ase = p.add_argument_group("files ASE reads (extxyz, ASE db, ...)")
@@ -92,11 +102,13 @@ def _ase_options(args: argparse.Namespace) -> dict:
 
 def predict(model, dataset: Dataset, batch_size: int, device: torch.device, desc: str) -> dict:
     """Reference and predicted values over ``dataset``: ``energy``/``energy_pred`` [B] eV,
-    ``atoms`` [B], and where the data has forces ``z`` [N], ``forces``/``forces_pred``
-    [N, 3] eV/Å (numpy, float64)."""
+    ``atoms`` [B], and where the data has forces ``z`` [N], ``f``/``f_pred`` [N, 3] eV/Å
+    and ``nn`` [N] Å, each atom's nearest-neighbour distance (inf without one within
+    the model's cutoff) (numpy, float64)."""
     from torch_geometric.loader import DataLoader
 
-    out: dict[str, list] = {k: [] for k in ("energy", "energy_pred", "atoms", "z", "f", "f_pred")}
+    keys = ("energy", "energy_pred", "atoms", "z", "f", "f_pred", "nn")
+    out: dict[str, list] = {k: [] for k in keys}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     elements, seen = model.trained_elements(), 0
     for batch in progress(loader, desc):
@@ -118,10 +130,43 @@ def predict(model, dataset: Dataset, batch_size: int, device: torch.device, desc
             out["z"].append(batch.z.cpu().numpy())
             out["f"].append(batch.forces.double().cpu().numpy())
             out["f_pred"].append(result["forces"].detach().double().cpu().numpy())
+            out["nn"].append(nearest_neighbour(batch, model.cutoff))
     arrays = {k: np.concatenate(v) for k, v in out.items() if v}
     if "energy" not in arrays:
         raise UserError(f"{desc}: the dataset has no structures to evaluate")
     return arrays
+
+
+def nearest_neighbour(batch, cutoff: float) -> np.ndarray:
+    """Distance (Å) from each atom of ``batch`` to its nearest neighbour, periodic images
+    included: [N], inf where none lies within ``cutoff``."""
+    graph = batch_radius_graph(batch, cutoff)
+    nn = torch.full((batch.num_nodes,), torch.inf, dtype=torch.float64)
+    dst, d = graph.edge_index[1].cpu(), graph.edge_len.detach().double().cpu()
+    return nn.scatter_reduce(0, dst, d, "amin").numpy()
+
+
+#: Å, edges of the nearest-neighbour bins of :func:`metrics`: below 0.9 Å only strained
+#: bonds and clashes (C-H is 1.09, O-H 0.96, H2 0.74)
+NN_BINS = (0.0, 0.8, 0.9, 1.0, 1.1, 1.3, np.inf)
+
+
+def force_by_nn_distance(per_atom: np.ndarray, nn: np.ndarray) -> list[dict]:
+    """Per-atom force error norms ``per_atom`` [N] (eV/Å) binned by nearest-neighbour
+    distance ``nn`` [N] (Å, :data:`NN_BINS`): atoms, mean and worst error per bin."""
+    rows = []
+    for lo, hi in itertools.pairwise(NN_BINS):
+        e = per_atom[(nn >= lo) & (nn < hi)]
+        rows.append(
+            {
+                "nn_from_A": lo,
+                "nn_to_A": None if np.isinf(hi) else hi,
+                "atoms": len(e),
+                "force_atom_mean_eV_per_A": float(e.mean()) if len(e) else None,
+                "force_worst_atom_eV_per_A": float(e.max()) if len(e) else None,
+            }
+        )
+    return rows
 
 
 def metrics(p: Mapping[str, np.ndarray]) -> dict:
@@ -154,6 +199,10 @@ def metrics(p: Mapping[str, np.ndarray]) -> dict:
         m["force_atom_p99_eV_per_A"] = float(np.percentile(per_atom, 99))
         m["force_atom_p999_eV_per_A"] = float(np.percentile(per_atom, 99.9))
         m["force_worst_atom_eV_per_A"] = float(per_atom.max())
+        if "nn" in p:
+            worst = int(per_atom.argmax())
+            m["force_worst_atom_nn_A"] = float(p["nn"][worst])
+            m["force_by_nn_distance"] = force_by_nn_distance(per_atom, p["nn"])
     return m
 
 
@@ -196,6 +245,20 @@ def _print_tables(per_split: dict[str, dict], per_element: dict[str, dict]) -> N
                 f"{m['force_atom_p999_eV_per_A']:>9.3f} {m['force_worst_atom_eV_per_A']:>9.3f}"
             )
         )
+    for name, m in per_split.items():
+        if "force_by_nn_distance" not in m:
+            continue
+        print(
+            f"\n{name}: force error per atom by nearest-neighbour distance "
+            f"(worst atom: {m['force_worst_atom_nn_A']:.2f} Å from its neighbour)\n"
+            f"{'nn (Å)':<10} {'atoms':>8} {'mean eV/Å':>10} {'worst eV/Å':>11}"
+        )
+        for row in m["force_by_nn_distance"]:
+            hi = "" if row["nn_to_A"] is None else f"{row['nn_to_A']:g}"
+            span = f"{row['nn_from_A']:g}-{hi}"
+            mean, worst = row["force_atom_mean_eV_per_A"], row["force_worst_atom_eV_per_A"]
+            cells = "" if mean is None else f"{mean:>10.3f} {worst:>11.3f}"
+            print(f"{span:<10} {row['atoms']:>8} {cells}")
     if per_element:
         print(
             f"\nforces per element\n{'element':<8} {'atoms':>8} {'MAE meV/Å':>10} "
@@ -209,7 +272,7 @@ def _print_tables(per_split: dict[str, dict], per_element: dict[str, dict]) -> N
 
 
 def _plot(path: str, preds: Mapping[str, Mapping[str, np.ndarray]], title: str) -> None:
-    from ._plots import parity
+    from ._plots import error_against_distance, parity
 
     energy = {
         s: (p["energy"] / p["atoms"], p["energy_pred"] / p["atoms"]) for s, p in preds.items()
@@ -219,6 +282,19 @@ def _plot(path: str, preds: Mapping[str, Mapping[str, np.ndarray]], title: str) 
     if forces:
         panels.append(("force component", "eV/Å", forces))
     parity(path, panels, title)
+    near = {
+        s: (p["nn"], np.linalg.norm(p["f_pred"] - p["f"], axis=1))
+        for s, p in preds.items()
+        if "nn" in p
+    }
+    if near:
+        error_against_distance(_sibling(path, "_nn"), near, title)
+
+
+def _sibling(path: str, suffix: str) -> str:
+    """``parity.png`` -> ``parity_nn.png``."""
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}{suffix}.{ext}" if dot else f"{path}{suffix}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -248,5 +324,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if not args.no_plot:
         _plot(args.plot, preds, f"{checkpoint.name} on {args.data}")
-        print(f"wrote {args.plot}")
+        print(f"wrote {args.plot} and {_sibling(args.plot, '_nn')}")
     return 0

@@ -21,7 +21,9 @@ from ._checkpoint import (
 from ._layers import EquivariantLayerNorm, EquivariantLinear, Gate
 from ._normalization import Normalization
 from ._potential import GraphInputs, Potential
+from ._radial import RADIAL_BASES, BesselBasis, GaussianBasis
 from ._registry import MODELS, build_model, model_class, model_name
+from ._repulsion import ZBLRepulsion
 from ._structure import MIN_DISTANCE, StructureError, check_graphs, check_structure
 from ._tdn import TDN
 from ._training import potential_loss, train_steps
@@ -34,16 +36,20 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "MIN_DISTANCE",
     "MODELS",
+    "RADIAL_BASES",
     "TDN",
+    "BesselBasis",
     "CheckpointError",
     "EquivariantLayerNorm",
     "EquivariantLinear",
     "Gate",
+    "GaussianBasis",
     "GraphInputs",
     "Normalization",
     "Potential",
     "StructureError",
     "TDNCalculator",
+    "ZBLRepulsion",
     "build_model",
     "check_graphs",
     "check_structure",

@@ -18,6 +18,7 @@ from tdn_core import TensorProduct
 from tdn_data.graphs import batch_radius_graph, compute_edge_vectors
 
 from ._normalization import Normalization
+from ._repulsion import ZBLRepulsion
 
 #: backends whose products are torch.library custom ops: no torch.func transforms
 _CUSTOM_OP_BACKENDS = frozenset({"cp_triton"})
@@ -57,10 +58,17 @@ class Potential(nn.Module):
         max_neighbors: cap on neighbours per atom (None: no cap; a cap makes the
             energy discontinuous, avoid it for MD).
         direct_forces: forces from a head instead of -dE/dpos.
+        zbl: add the screened nuclear repulsion of pairs closer than a bond
+            (:class:`ZBLRepulsion`, in eV, outside the normalization): the prior that
+            close contacts, rare in training data, need.
     """
 
     def __init__(
-        self, cutoff: float, max_neighbors: int | None = None, direct_forces: bool = False
+        self,
+        cutoff: float,
+        max_neighbors: int | None = None,
+        direct_forces: bool = False,
+        zbl: bool = False,
     ) -> None:
         super().__init__()
         if not cutoff > 0:
@@ -69,6 +77,7 @@ class Potential(nn.Module):
         self.max_neighbors = max_neighbors
         self.direct_forces = bool(direct_forces)
         self.normalization = Normalization()
+        self.repulsion = ZBLRepulsion() if zbl else None
         self.config: dict[str, Any] = {}
         self._compiled = None  # set by compile()
 
@@ -245,6 +254,8 @@ def _node_energies_and_gradients(
         inputs = GraphInputs(z, pos, batch, num_graphs, graph.edge_index, edge_vec, edge_len)
         u, direct = model.atomic_outputs(inputs)
         node_energy = model.normalization(z, u)
+        if model.repulsion is not None:
+            node_energy = node_energy + model.repulsion(z, graph.edge_index, edge_len)
         # torch.func's auxiliary outputs must be tensors: no None for a missing head
         return node_energy.sum(), (node_energy, *([] if direct is None else [direct]))
 

@@ -19,7 +19,7 @@ from tdn_core import SphericalHarmonics, TensorProduct
 from ._layers import EquivariantLayerNorm, EquivariantLinear, Gate, ScalarMLP
 from ._normalization import Z_MAX
 from ._potential import GraphInputs, Potential
-from ._radial import GaussianBasis, PolynomialEnvelope
+from ._radial import PolynomialEnvelope, build_radial_basis
 
 
 def _smooth_leaky_relu(x: Tensor, slope: float = 0.2) -> Tensor:
@@ -136,7 +136,9 @@ class TDN(Potential):
         layers: number of attention blocks.
         heads: attention heads (must divide C).
         cutoff: radius graph cutoff (Å).
-        num_basis: Gaussian radial basis functions.
+        num_basis: radial basis functions.
+        radial_basis: ``"gaussian"`` (centres spread evenly on [0, cutoff]) or
+            ``"bessel"`` (:class:`BesselBasis`, smooth over the whole range).
         radial_hidden: width of the radial MLP's two hidden layers.
         avg_neighbors: typical neighbour count; scales the degree embedding's sum.
         backend: tdn-core backend of every edge product (``cp_eager``, ``path_shared``,
@@ -147,6 +149,11 @@ class TDN(Potential):
         rank: CP rank schedule or int (see :class:`tdn_core.TensorProduct`).
         max_neighbors: cap on neighbours per atom (None: none).
         direct_forces: predict forces with an attention head instead of -dE/dpos.
+        zbl: add ZBL's screened nuclear repulsion below bond lengths
+            (:class:`tdn_models.Potential`).
+
+    Defaults are those of the first checkpoints (Gaussian basis, no ZBL), which load
+    by them; ``tdn train``'s config sets its own.
 
     Input/output: see :meth:`Potential.forward`.
     """
@@ -166,8 +173,10 @@ class TDN(Potential):
         max_neighbors: int | None = None,
         direct_forces: bool = False,
         backend_policy: dict | None = None,
+        radial_basis: str = "gaussian",
+        zbl: bool = False,
     ) -> None:
-        super().__init__(cutoff, max_neighbors, direct_forces)
+        super().__init__(cutoff, max_neighbors, direct_forces, zbl)
         if direct_forces and lmax < 1:
             raise ValueError("direct_forces: needs lmax >= 1 (forces are l = 1 features)")
         self.config = {
@@ -184,12 +193,14 @@ class TDN(Potential):
             "rank": rank,
             "max_neighbors": max_neighbors,
             "direct_forces": direct_forces,
+            "radial_basis": radial_basis,
+            "zbl": bool(zbl),
         }
         self.lmax = lmax
         self.avg_neighbors = float(avg_neighbors)
         radial_sizes = [num_basis, radial_hidden, radial_hidden]
         self.spherical_harmonics = SphericalHarmonics(lmax)
-        self.basis = GaussianBasis(num_basis, cutoff)
+        self.basis = build_radial_basis(radial_basis, num_basis, cutoff)
         self.envelope = PolynomialEnvelope(cutoff)
         self.embedding = nn.Embedding(Z_MAX + 1, channels)
         self.degree_radial = ScalarMLP([*radial_sizes, channels])
