@@ -94,3 +94,10 @@ def test_every_rule_names_a_key_of_some_shipped_config():
     for overrides in ([], ["model=schnet"], ["trainer/scheduler=plateau"], ["data=path"]):
         keys |= _keys(OmegaConf.to_container(compose_config(overrides), resolve=False))
     assert not set(TRAIN) - keys, f"rules for keys no config has: {set(TRAIN) - keys}"
+
+
+def test_the_radial_basis_rule_lists_the_models_bases():
+    # the rule is written out, so that checking a config does not import torch
+    from tdn_models import RADIAL_BASES
+
+    assert set(TRAIN["model.radial_basis"].choices) == set(RADIAL_BASES)

@@ -251,3 +251,27 @@ def test_auto_backend_is_chosen_again_on_load(tmp_path, samples, monkeypatch):
     torch.testing.assert_close(loaded(batch)["energy"], model(batch)["energy"])
     pinned, _ = load_checkpoint(path, backend="cg")
     assert pinned.backend == "cg"
+
+
+def test_zbl_and_bessel_basis_round_trip(tmp_path, samples):
+    torch.manual_seed(0)
+    m = TDN(lmax=1, channels=8, layers=1, num_basis=8, radial_basis="bessel", zbl=True)
+    m = m.double()
+    m.normalization.fit(samples)
+    loaded, info = load_checkpoint(save_checkpoint(tmp_path / "zbl.pt", m))
+    assert info["config"]["zbl"] is True and info["config"]["radial_basis"] == "bessel"
+    assert loaded.repulsion is not None
+    batch = Batch.from_data_list(samples[:3])
+    torch.testing.assert_close(loaded(batch)["forces"], m(batch)["forces"], rtol=0, atol=0)
+
+
+def test_checkpoints_from_before_zbl_load_as_they_were_trained(saved, model, samples):
+    # their config has neither key: the constructor's defaults (Gaussian, no ZBL) apply
+    def drop(raw):
+        del raw["config"]["zbl"], raw["config"]["radial_basis"]
+
+    _rewrite(saved, drop)
+    loaded, _ = load_checkpoint(saved)
+    assert loaded.repulsion is None and type(loaded.basis).__name__ == "GaussianBasis"
+    batch = Batch.from_data_list(samples[:3])
+    torch.testing.assert_close(loaded(batch)["energy"], model(batch)["energy"], rtol=0, atol=0)

@@ -23,3 +23,25 @@ def test_gaussian_basis_has_no_subnormal_values_or_gradients(dtype):
     kept = out.detach() != 0
     torch.testing.assert_close(out.detach()[kept], exact[kept], rtol=1e-6, atol=0)
     assert (exact[~kept] <= math.sqrt(tiny) * 1.01).all()
+
+
+def test_bessel_basis_is_orthonormal_on_the_ball():
+    """sqrt(2/c) sin(k pi r / c) / r, k = 1..K: orthonormal with the r^2 dr weight of a
+    ball of radius c, and finite as r -> 0 (its limit is sqrt(2/c) k pi / c)."""
+    from tdn_models import BesselBasis
+
+    c, k = 4.5, 8
+    basis = BesselBasis(k, c)
+    r = torch.linspace(1e-6, c, 200_001, dtype=torch.float64)
+    b = basis(r)
+    gram = torch.trapezoid(b.T.unsqueeze(1) * b.T.unsqueeze(0) * r**2, r, dim=-1)
+    torch.testing.assert_close(gram, torch.eye(k, dtype=torch.float64), atol=1e-6, rtol=0)
+    limit = math.sqrt(2 / c) * torch.arange(1, k + 1, dtype=torch.float64) * math.pi / c
+    torch.testing.assert_close(b[0], limit, rtol=1e-6, atol=0)
+
+
+def test_unknown_radial_basis_is_refused_by_name():
+    from tdn_models._radial import build_radial_basis
+
+    with pytest.raises(ValueError, match="radial_basis: expected one of"):
+        build_radial_basis("chebyshev", 8, 4.5)
