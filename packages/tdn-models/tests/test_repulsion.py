@@ -111,3 +111,31 @@ def test_energy_is_smooth_and_conservative_from_short_range_to_the_cutoff(backen
     rest = float(model(Data(z=z[[0, 2, 3]], pos=base[[0, 2, 3]].double()))["energy"].detach())
     alone = float(model(Data(z=z[1:2], pos=torch.zeros(1, 3).double()))["energy"].detach())
     assert energy[-1] == pytest.approx(rest + alone, abs=1e-9)
+
+
+def test_normalization_is_fitted_on_the_energy_the_network_learns():
+    """With ZBL, E0 and the shift are fitted on the reference energies less the ZBL
+    energies (the part the model adds by itself); structure_energy, which searches only
+    as far as ZBL reaches, equals the ZBL term over the model's whole graph."""
+    from tdn_data import load_dataset
+    from tdn_data.graphs import radius_graph
+    from tdn_models import Normalization
+
+    samples = [s for s in load_dataset("embedded-tiny")]
+    zbl = ZBLRepulsion()
+    for s in samples[:5]:
+        g = radius_graph(s.pos.double(), 4.5)
+        whole = float(zbl(s.z, g.edge_index, g.edge_len).sum())
+        assert zbl.structure_energy(s) == pytest.approx(whole, rel=1e-12)
+        assert whole > 0
+    fitted = TDN(channels=8, layers=1, zbl=True).fit_normalization(samples)
+    residual = []
+    for s in samples:
+        r = s.clone()
+        r.energy = s.energy - zbl.structure_energy(s)
+        residual.append(r)
+    expected = Normalization().fit(residual)
+    assert fitted["element_energies"] == pytest.approx(expected["element_energies"])
+    assert fitted["shift"] == pytest.approx(expected["shift"], abs=1e-9)
+    plain = TDN(channels=8, layers=1).fit_normalization(samples)
+    assert plain["element_energies"] != pytest.approx(expected["element_energies"])

@@ -340,7 +340,7 @@ def _setup_and_fit(cfg, dist: Distributed, overrides, out_dir: Path, ckpt, claim
             ckpt = read_checkpoint(out_dir / "checkpoints" / "last.pt")
     else:
         try:
-            model.normalization.fit(train_set[i] for i in range(len(train_set)))
+            model.fit_normalization(train_set[i] for i in range(len(train_set)))
         except ValueError as e:
             raise UserError(f"data.train: {e} (no snapshot has an energy)") from None
     trainer = Trainer(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -35,8 +35,11 @@ class Normalization(nn.Module):
         return self.scale.to(u.dtype) * u + self.shift.to(u.dtype) + e0
 
     @torch.no_grad()
-    def fit(self, samples: Iterable, ridge: float = 1e-8) -> dict:
+    def fit(self, samples: Iterable, ridge: float = 1e-8, prior: Callable | None = None) -> dict:
         """Fit E0, shift and scale on samples with ``z``, ``energy`` and optional ``forces``.
+
+        ``prior(sample) -> float`` (eV): a part of the energy the model adds by itself
+        (:class:`ZBLRepulsion`); the fit is on the energies less it.
 
         Returns the fitted values as plain Python numbers (for logs and checkpoints).
         Raises ValueError when there are no samples or no energies.
@@ -47,7 +50,7 @@ class Normalization(nn.Module):
                 continue
             z = s.z.detach().cpu().numpy()
             rows.append(np.bincount(z, minlength=Z_MAX + 1))
-            energies.append(float(s.energy.reshape(-1)[0]))
+            energies.append(float(s.energy.reshape(-1)[0]) - (prior(s) if prior else 0.0))
             f = getattr(s, "forces", None)
             if f is not None:
                 force_sq += float(f.double().pow(2).sum())

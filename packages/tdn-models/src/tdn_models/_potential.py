@@ -8,6 +8,7 @@ derivative) by autograd, so every model gets them the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -85,6 +86,13 @@ class Potential(nn.Module):
     def atomic_outputs(self, inputs: GraphInputs) -> tuple[Tensor, Tensor | None]:
         """Normalized per-atom energies u [N] and, with direct_forces, forces [N, 3]."""
         raise NotImplementedError
+
+    def fit_normalization(self, samples: Iterable) -> dict:
+        """Fit :attr:`normalization` on training ``samples`` (see
+        :meth:`Normalization.fit`), on the energies less the ZBL term's where the model
+        has one: the network learns the rest. Returns the fitted values."""
+        prior = None if self.repulsion is None else self.repulsion.structure_energy
+        return self.normalization.fit(samples, prior=prior)
 
     # ------------------------------------------------------------------ backends
     def tensor_products(self) -> list[TensorProduct]:

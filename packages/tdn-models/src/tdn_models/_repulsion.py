@@ -21,6 +21,8 @@ import torch
 from ase.data import covalent_radii
 from torch import Tensor, nn
 
+from tdn_data.graphs import radius_graph
+
 from ._normalization import Z_MAX
 from ._radial import polynomial_envelope
 
@@ -58,3 +60,18 @@ class ZBLRepulsion(nn.Module):
         e = self.pair_energy(z.index_select(0, src), z.index_select(0, dst), edge_len)
         out = torch.zeros(z.shape[0], dtype=edge_len.dtype, device=edge_len.device)
         return out.index_add(0, dst, 0.5 * e)
+
+    @torch.no_grad()
+    def structure_energy(self, sample) -> float:
+        """The ZBL energy (eV) of one structure with ``z [N]``, ``pos [N, 3]`` (Å) and,
+        where periodic, ``cell`` and ``pbc`` (a torch_geometric ``Data``)."""
+        z = sample.z.long()
+        reach = float(2 * self.covalent_radii[z].max()) if len(z) else 1.0
+        cell, pbc = getattr(sample, "cell", None), getattr(sample, "pbc", None)
+        periodic = cell is not None and pbc is not None and bool(torch.as_tensor(pbc).any())
+        graph = radius_graph(
+            sample.pos.double(), reach,
+            cell=cell.double().reshape(3, 3) if periodic else None,
+            pbc=torch.as_tensor(pbc).reshape(3).tolist() if periodic else None,
+        )  # fmt: skip
+        return float(self(z, graph.edge_index, graph.edge_len).sum())
