@@ -10,7 +10,7 @@ from torch_geometric.data import Data
 
 from tdn_core import available_backends
 from tdn_models import TDN, ZBLRepulsion
-from tdn_models._repulsion import COULOMB_EV_A
+from tdn_models._repulsion import COULOMB_EV_A, SWITCH_FRACTION
 
 USABLE = {name for name, reason in available_backends().items() if reason is None}
 PAIRS = [(1, 1), (6, 1), (6, 7), (8, 8), (16, 17)]
@@ -23,8 +23,8 @@ def _scan(zi: int, zj: int, r: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("zi, zj", PAIRS)
-def test_zbl_is_screened_coulomb_switched_off_at_the_covalent_radii(zi, zj):
-    r_max = covalent_radii[zi] + covalent_radii[zj]
+def test_zbl_is_screened_coulomb_switched_off_below_the_bond_lengths(zi, zj):
+    r_max = SWITCH_FRACTION * (covalent_radii[zi] + covalent_radii[zj])
     r = torch.linspace(1e-4, 1.5 * r_max, 30_001, dtype=torch.float64, requires_grad=True)
     e = _scan(zi, zj, r)
     (de,) = torch.autograd.grad(e.sum(), r)
@@ -34,7 +34,7 @@ def test_zbl_is_screened_coulomb_switched_off_at_the_covalent_radii(zi, zj):
     assert float(e[0] / bare) == pytest.approx(1.0, abs=2e-3)
     inside = r < r_max
     assert (e[inside] > 0).all() and (de[inside] < 0).all(), "repulsive all the way in"
-    assert (e[~inside] == 0).all(), "no energy beyond the covalent radii sum"
+    assert (e[~inside] == 0).all(), "no energy beyond the switch-off"
     # smooth switch-off: the envelope (p = 6) has a third-order zero at r_max, so the
     # energy there falls as delta^3 and the force as delta^2
     delta = torch.tensor([1e-3, 2e-3], dtype=torch.float64, requires_grad=True)
@@ -121,9 +121,15 @@ def test_normalization_is_fitted_on_the_energy_the_network_learns():
     from tdn_data.graphs import radius_graph
     from tdn_models import Normalization
 
-    samples = [s for s in load_dataset("embedded-tiny")]
+    samples = []
+    for k, s in enumerate(load_dataset("embedded-tiny")):
+        if k % 2:  # a close contact: atom 1 pushed to 0.6 Å of atom 0 (labels unchanged)
+            s = s.clone()
+            d = s.pos[1] - s.pos[0]
+            s.pos[1] = s.pos[0] + 0.6 * d / d.norm()
+        samples.append(s)
     zbl = ZBLRepulsion()
-    for s in samples[:5]:
+    for s in samples[1:10:2]:
         g = radius_graph(s.pos.double(), 4.5)
         whole = float(zbl(s.z, g.edge_index, g.edge_len).sum())
         assert zbl.structure_energy(s) == pytest.approx(whole, rel=1e-12)
@@ -139,3 +145,13 @@ def test_normalization_is_fitted_on_the_energy_the_network_learns():
     assert fitted["shift"] == pytest.approx(expected["shift"], abs=1e-9)
     plain = TDN(channels=8, layers=1).fit_normalization(samples)
     assert plain["element_energies"] != pytest.approx(expected["element_energies"])
+
+
+@pytest.mark.parametrize(
+    "zi, zj, bond",
+    [(6, 7, 1.16), (6, 6, 1.20), (6, 8, 1.13), (7, 7, 1.10), (6, 1, 1.09), (8, 1, 0.96)],
+    ids=["C≡N", "C≡C", "C≡O", "N≡N", "C-H", "O-H"],
+)
+def test_zbl_leaves_bonds_at_rest_alone(zi, zj, bond):
+    # the shortest bonds there are (triple bonds, and bonds to H) get no ZBL energy
+    assert float(_scan(zi, zj, torch.tensor([bond], dtype=torch.float64))) == 0.0
