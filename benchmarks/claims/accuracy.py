@@ -91,8 +91,11 @@ RESULTS_TRAINER = [
     "trainer.energy_weight=100",
     "trainer.force_weight=10",
 ]
-RESULTS_TDN = ["model=tdn", "model.channels=32", *RESULTS_TRAINER]
-BEST_TDN = ["model=tdn", "experiment=tdn-best"]
+#: ZBL became TDN's default after these runs (issue 21): pinned off for them
+RESULTS_TDN = ["model=tdn", "model.channels=32", "model.zbl=false", *RESULTS_TRAINER]
+BEST_TDN = ["model=tdn", "experiment=tdn-best", "model.zbl=false"]
+#: the default of `tdn train` since issue 21: section 5.1's best config with ZBL
+ZBL_TDN = ["model=tdn", "experiment=tdn-best"]
 MODELS = {
     "tdn-cp_eager": ([*RESULTS_TDN, "backend=cp_eager", *BUDGET], TWIN_EVALS),
     "tdn-path_shared": ([*RESULTS_TDN, "backend=path_shared", *BUDGET], EMBEDDED_EVALS),
@@ -102,6 +105,8 @@ MODELS = {
     "qm9-tdn-path_shared": ([*RESULTS_TDN, "backend=path_shared", *QM9_BUDGET], QM9_EVALS),
     "tdn-best-cp_eager": ([*BEST_TDN, "backend=cp_eager", *BUDGET], TWIN_EVALS),
     "tdn-best-path_shared": ([*BEST_TDN, "backend=path_shared", *BUDGET], EMBEDDED_EVALS),
+    "tdn-zbl-cp_eager": ([*ZBL_TDN, "backend=cp_eager", *BUDGET], TWIN_EVALS),
+    "tdn-zbl-path_shared": ([*ZBL_TDN, "backend=path_shared", *BUDGET], EMBEDDED_EVALS),
 }
 DEFAULT_MODELS = ["tdn-cp_eager", "tdn-path_shared", "schnet", "nequip"]
 #: files of a finished run that are committed (checkpoints only for TDN)

@@ -67,9 +67,13 @@ ABLATIONS: dict[str, list[str]] = {
     # round 3 (issue 21, the tail at close contacts), from the best config: a ZBL pair
     # repulsion below bond lengths, a Bessel radial basis (8 functions, as NequIP and
     # MACE), and both; scored on the whole validation split for the tail metrics too
-    "tail-base": ["experiment=tdn-best"],
+    # (ZBL was off by default then, and is on since: pinned off where it was off)
+    "tail-base": ["experiment=tdn-best", "model.zbl=false"],
     "tail-zbl": ["experiment=tdn-best", "model.zbl=true"],
-    "tail-bessel": ["experiment=tdn-best", "model.radial_basis=bessel", "model.num_basis=8"],
+    "tail-bessel": [
+        "experiment=tdn-best", "model.zbl=false", "model.radial_basis=bessel",
+        "model.num_basis=8",
+    ],
     "tail-zbl-bessel": [
         "experiment=tdn-best", "model.zbl=true", "model.radial_basis=bessel",
         "model.num_basis=8",

@@ -12,9 +12,10 @@ per core), so their wall times compare. Sizes, matched to TDN's RESULTS config (
 - NequIP: l_max 1, 32 features, 2 layers (its tutorial config otherwise: Adam 0.01,
   plateau schedule, EMA; per-type shifts = the same references, no ZBL);
 - TDN: ``tdn train`` with RESULTS section 3's budget, at section 3's config
-  (``tdn-<backend>``) or at the best of ablate.py's (``tdn-best-<backend>``:
-  ``experiment=tdn-best``, the default of ``tdn train``). Its one-epoch run is section 3's
-  own (accuracy.py's), trained once for both sections.
+  (``tdn-<backend>``), at the best of ablate.py's (``tdn-best-<backend>``:
+  ``experiment=tdn-best``, ZBL off as it was then) or at that with ZBL, the default of
+  ``tdn train`` since issue 21 (``tdn-zbl-<backend>``). Its one-epoch run is section
+  3's own (accuracy.py's), trained once for both sections.
 
 Budgets: ``epochs``: one epoch over all 18,542 training snapshots (the RESULTS budget);
 ``wall``: as many whole epochs as fit ``--wall-minutes`` (default 15) at the model's
@@ -70,6 +71,8 @@ KIND = {
     "tdn-path_shared": "tdn",
     "tdn-best-cp_eager": "tdn",
     "tdn-best-path_shared": "tdn",
+    "tdn-zbl-cp_eager": "tdn",
+    "tdn-zbl-path_shared": "tdn",
 }
 #: spherical harmonics of the edges: MACE's default (3), or TDN's and NequIP's L (1)
 MACE_ELL = {"mace": 3, "mace-ell1": 1}
