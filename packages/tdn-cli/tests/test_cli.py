@@ -130,6 +130,9 @@ def test_eval_on_embedded_tiny(capsys, checkpoint, tmp_path):
         assert f"\n{split} " in out
     assert "meV/atom" in out and "forces per element" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # and beside it the per-atom error against the nearest neighbour's distance
+    assert (tmp_path / "parity_nn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "by nearest-neighbour distance" in out
     import json
 
     metrics = json.loads(js.read_text())
@@ -138,6 +141,9 @@ def test_eval_on_embedded_tiny(capsys, checkpoint, tmp_path):
     assert {"H", "C"} <= set(metrics["per_element"])
     for m in metrics["splits"].values():
         assert m["force_rmse_eV_per_A"] >= m["force_mae_eV_per_A"] > 0
+        # every atom of the split lies in one bin; covalent bonds are 0.74-1.8 Å long
+        assert sum(r["atoms"] for r in m["force_by_nn_distance"]) == m["atoms"]
+        assert 0.7 < m["force_worst_atom_nn_A"] < 2.0
 
 
 def test_eval_on_extxyz(capsys, checkpoint, extxyz, tmp_path):
@@ -257,7 +263,8 @@ def test_unknown_backend_message_lists_registered(capsys):
 
 
 def test_eval_metrics_report_the_force_tail_per_atom():
-    """A hand-made example: atom k (k = 1..100) is off by k eV/Å along x, nothing else."""
+    """A hand-made example: atom k (k = 1..100) is off by k eV/Å along x, nothing else;
+    binned by the distance to its nearest neighbour."""
     import numpy as np
 
     from tdn_cli.evaluate import metrics
@@ -272,3 +279,14 @@ def test_eval_metrics_report_the_force_tail_per_atom():
     assert m["force_atom_p99_eV_per_A"] == pytest.approx(99.01)  # linear between 99 and 100
     assert m["force_atom_p999_eV_per_A"] == pytest.approx(99.901)
     assert m["force_worst_atom_eV_per_A"] == 100.0
+    assert "force_by_nn_distance" not in m  # no distances given
+    # atom k's nearest neighbour at 0.75 Å (k <= 10), 0.95 Å (k <= 40), else 1.5 Å
+    p["nn"] = np.where(k <= 10, 0.75, np.where(k <= 40, 0.95, 1.5))
+    m = metrics(p)
+    assert m["force_worst_atom_nn_A"] == 1.5
+    rows = {(r["nn_from_A"], r["nn_to_A"]): r for r in m["force_by_nn_distance"]}
+    assert rows[(0.0, 0.8)]["atoms"] == 10
+    assert rows[(0.9, 1.0)]["force_atom_mean_eV_per_A"] == pytest.approx(25.5)  # 11..40
+    assert rows[(1.3, None)]["force_worst_atom_eV_per_A"] == 100.0
+    assert rows[(1.0, 1.1)]["atoms"] == 0 and rows[(1.0, 1.1)]["force_atom_mean_eV_per_A"] is None
+    assert sum(r["atoms"] for r in rows.values()) == 100
