@@ -151,17 +151,24 @@ def table() -> str:
     base = rows["base"]
     lines = [
         "| ablation | overrides | parameters | epoch min | × base time | epochs in 15 min "
-        "| val E MAE meV/atom | val F MAE meV/Å | × base F |",
-        "|" + "---|" * 9,
+        "| val E MAE meV/atom | val F MAE meV/Å | × base F | all val F RMSE meV/Å "
+        "| all val worst atom eV/Å |",
+        "|" + "---|" * 11,
     ]
     for name, r in sorted(rows.items(), key=lambda kv: kv[1]["val_force_mae_meV_per_A"]):
         dagger = " †" if r.get("resumed") else ""
+        tail = (
+            f"{r['val_all_force_rmse_meV_per_A']:.0f} | "
+            f"{r['val_all_force_worst_atom_eV_per_A']:.1f}"
+            if "val_all_force_rmse_meV_per_A" in r
+            else "- | -"
+        )
         lines.append(
             f"| {name} | {' '.join(r['overrides']) or '(RESULTS config)'} | "
             f"{r['parameters']:,} | {r['train_s'] / 60:.1f}{dagger} | "
             f"{r['train_s'] / base['train_s']:.2f} | {max(1, math.floor(900 / r['train_s']))} | "
             f"{r['val_energy_mae_meV_per_atom']:.1f} | {r['val_force_mae_meV_per_A']:.1f} | "
-            f"{r['val_force_mae_meV_per_A'] / base['val_force_mae_meV_per_A']:.2f} |"
+            f"{r['val_force_mae_meV_per_A'] / base['val_force_mae_meV_per_A']:.2f} | {tail} |"
         )
     return "\n".join(lines)
 

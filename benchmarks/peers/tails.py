@@ -2,15 +2,16 @@
 
 ``census``: how much short-range data each split of the embedded dataset holds, per
 atom by the distance to its nearest neighbour, and the pairs closer than 0.9 Å by
-element pair, with the reference forces there. ``errors CHECKPOINT [...]``: for each
-TDN checkpoint, the per-atom force error on the test split by nearest-neighbour
-distance and by the element pair (atom, nearest neighbour) of the atoms closer than
-1 Å to one, and one figure of every checkpoint's per-atom error against the distance.
-JSON and the figure go to ``docs/results/peers/tails/``.
+element pair, with the reference forces there. ``errors LABEL=TEST.npz [...]``: from
+the test predictions of any model (score.py's, the one evaluator), the per-atom force
+error by the element pair (atom, nearest neighbour) of the atoms closer than 1 Å to
+one, and one figure of every model's per-atom error against that distance. JSON and
+the figure go to ``docs/results/peers/tails/``.
 
     .venv/bin/python benchmarks/peers/tails.py census
     .venv/bin/python benchmarks/peers/tails.py errors \\
-        docs/results/peers/tdn-best-cp_eager-wall-s0/best.pt --labels "no ZBL"
+        "TDN=runs/peers/tdn-zbl-cp_eager-wall-s0/scores/test.npz" \\
+        "MACE=runs/peers/mace-ell1-epochs-s0/scores/test.npz"
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from _repo import ROOT, repo_relative  # noqa: E402
 from tdn_cli._util import write_json  # noqa: E402  (atomic)
 
 OUT = ROOT / "docs" / "results" / "peers" / "tails"
+DATA = ROOT / "runs" / "peers" / "data"  # export.py's
 #: Å: the nearest-neighbour bins of the census (tdn eval's bins)
 BINS = (0.0, 0.7, 0.8, 0.9, 1.0, 1.1, np.inf)
 CLOSE_A = 0.9
@@ -82,37 +84,33 @@ def census(splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
     return out
 
 
-def errors(checkpoint: Path) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Test-split per-atom force error of ``checkpoint`` by element pair (atom, its
-    nearest neighbour) where that neighbour is closer than 1 Å; also returns the
-    nearest-neighbour distances [N] (Å) and errors [N] (eV/Å) for the figure."""
-    from torch_geometric.loader import DataLoader
-
-    from tdn_cli.evaluate import nearest_neighbour
-    from tdn_data import load_dataset
-    from tdn_data.graphs import batch_radius_graph
-    from tdn_models import load_checkpoint
-
-    model, _ = load_checkpoint(checkpoint)
-    test = load_dataset("embedded", split="test")
-    nn, err, pair = [], [], []
-    for batch in DataLoader(test, batch_size=32):
-        out = model(batch)
-        nn.append(nearest_neighbour(batch, model.cutoff))
-        err.append((out["forces"].detach() - batch.forces).double().norm(dim=1).numpy())
-        g = batch_radius_graph(batch, 1.0)
-        src, dst = g.edge_index
-        nearest = torch.full((batch.num_nodes,), torch.inf, dtype=g.edge_len.dtype)
-        nearest = nearest.scatter_reduce(0, dst, g.edge_len, "amin")
-        first = g.edge_len == nearest[dst]  # each atom's nearest neighbour within 1 Å
-        closest = torch.full((batch.num_nodes,), -1, dtype=torch.long)
-        closest[dst[first]] = src[first]
-        z = batch.z
-        pair += [_pair(int(z[i]), int(z[j])) if j >= 0 else "" for i, j in enumerate(closest)]
-    nn, err = np.concatenate(nn), np.concatenate(err)
+def errors(predictions: Path, frames: list) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Per-atom force error of one model's test predictions (score.py's ``test.npz``:
+    ``z``, ``f``, ``f_pred``, ``frame``) by element pair (atom, its nearest neighbour)
+    where that neighbour is closer than 1 Å. ``frames``: the exported test structures
+    (ASE Atoms, in score.py's order). Also returns each atom's nearest-neighbour distance
+    [N] (Å) and error [N] (eV/Å), for the figure."""
+    p = np.load(predictions)
+    err = np.linalg.norm(p["f_pred"] - p["f"], axis=1)
+    nn = np.full(len(err), np.inf)
+    pair = np.full(len(err), "", dtype=object)
+    offset = 0
+    for atoms in frames:
+        n = len(atoms)
+        d = atoms.get_all_distances()
+        np.fill_diagonal(d, np.inf)
+        j = d.argmin(axis=1)
+        nn[offset : offset + n] = d[np.arange(n), j]
+        for i in np.flatnonzero(d[np.arange(n), j] < 1.0):
+            pair[offset + i] = _pair(int(atoms.numbers[i]), int(atoms.numbers[j[i]]))
+        offset += n
+    if offset != len(err) or not np.array_equal(
+        np.concatenate([a.numbers for a in frames]), p["z"]
+    ):
+        raise SystemExit(f"{predictions}: its atoms are not the exported test split's")
     table = {}
-    for name in sorted({p for p in pair if p}):
-        e = err[np.array([p == name for p in pair])]
+    for name in sorted({q for q in pair if q}):
+        e = err[pair == name]
         table[name] = {"atoms": len(e), "force_atom_mean_eV_per_A": float(e.mean()),
                        "force_worst_atom_eV_per_A": float(e.max())}  # fmt: skip
     return table, nn, err
@@ -126,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("census", help="short-range data per split")
-    e = sub.add_parser("errors", help="test errors at close contacts of checkpoints")
-    e.add_argument("checkpoints", nargs="+", type=Path)
-    e.add_argument("--labels", nargs="+", help="one per checkpoint (default: the paths)")
+    e = sub.add_parser("errors", help="test errors at close contacts, from score.py's npz")
+    e.add_argument("predictions", nargs="+", metavar="LABEL=TEST.npz",
+                   help="score.py's test predictions of a model, under a label")  # fmt: skip
     args = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.cmd == "census":
@@ -137,21 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         for split, r in result.items():
             print(f"{split}: {r['snapshots']} snapshots, {r['atoms']} atoms")
             for row in r["by_nn_distance"]:
-                print(f"  nn {row['nn_from_A']}-{row['nn_to_A']} Å: {row['atoms']} atoms")
+                hi = "" if row["nn_to_A"] is None else row["nn_to_A"]
+                print(f"  nn {row['nn_from_A']}-{hi} Å: {row['atoms']} atoms")
             print(f"  pairs < {CLOSE_A} Å: {r[f'pairs_closer_than_{CLOSE_A}_A']}")
         return 0
-    labels = args.labels or [repo_relative(c) for c in args.checkpoints]
-    if len(labels) != len(args.checkpoints):
-        p.error(f"--labels: expected {len(args.checkpoints)}, got {len(labels)}")
-    missing = [str(c) for c in args.checkpoints if not c.is_file()]
-    if missing:
-        p.error(f"no checkpoint at {', '.join(missing)}")
+    from ase.io import read
+
     from tdn_cli._plots import error_against_distance
 
+    pairs = [x.partition("=") for x in args.predictions]
+    bad = [x for x, (_, eq, path) in zip(args.predictions, pairs, strict=True)
+           if not eq or not Path(path).is_file()]  # fmt: skip
+    if bad:
+        p.error(f"expected LABEL=TEST.npz with an existing file, got {bad}")
+    frames = read(DATA / "test.extxyz", index=":", format="extxyz")
     result, curves = {}, {}
-    for label, checkpoint in zip(labels, args.checkpoints, strict=True):
-        table, nn, err = errors(checkpoint)
-        result[label] = {"checkpoint": repo_relative(checkpoint), "by_close_pair": table}
+    for label, _, path in pairs:
+        table, nn, err = errors(Path(path), frames)
+        result[label] = {"predictions": repo_relative(path), "by_close_pair": table}
         curves[label] = (nn, err)
         print(f"{label}: " + ", ".join(
             f"{k} {v['atoms']} atoms mean {v['force_atom_mean_eV_per_A']:.2f} worst "

@@ -83,12 +83,18 @@ def error_against_distance(
     title: str,
 ) -> Path:
     """Per-atom force error (eV/Å, log scale) against the distance to the nearest
-    neighbour (Å), one colour per ``group: (nn, error)``; returns path."""
+    neighbour (Å), one colour per ``group: (nn, error)``: every atom as a dot, and the
+    worst atom of each 0.05 Å bin as a line (the tail the dots hide); returns path."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for group, (nn, err) in groups.items():
         keep = np.isfinite(nn) & (err > 0)
-        ax.scatter(nn[keep], err[keep], s=3, alpha=0.4, label=group, rasterized=True)
+        dots = ax.scatter(nn[keep], err[keep], s=2, alpha=0.15, rasterized=True)
+        bins = np.floor(nn[keep] / 0.05).astype(int)
+        edges = np.unique(bins)
+        worst = [err[keep][bins == b].max() for b in edges]
+        ax.step((edges + 0.5) * 0.05, worst, where="mid", color=dots.get_facecolor()[0][:3],
+                label=f"{group} (line: worst per 0.05 Å)")  # fmt: skip
     ax.set_yscale("log")
     ax.set(
         xlabel="distance to the nearest neighbour (Å)",
