@@ -59,8 +59,9 @@ MODELS: dict[str, tuple[str, Path, str | None, bool]] = {
     # section 3's SchNet run, trained again (its checkpoints are not committed): `tdn
     # train` with accuracy.py's schnet overrides, seed=0 output_dir=runs/peers/md/schnet-s0
     "schnet": ("tdn", STATE / "schnet-s0" / "checkpoints" / "best.pt", None, False),
-    "mace-ell1": ("mace", ROOT / "runs" / "peers" / "mace-ell1-epochs-s0" / "mace.model", None,
-                  True),
+    # section 5's one-epoch MACE-ell1 recipe, trained again for this (train.py's
+    # mace_command, seed 0, into runs/peers/md/mace-ell1-s0)
+    "mace-ell1": ("mace", STATE / "mace-ell1-s0" / "mace.model", None, True),
 }  # fmt: skip
 TEMPERATURES = (300, 600)
 STEP_FS, FRICTION_PER_FS, PICOSECONDS = 0.5, 0.01, 5.0
