@@ -86,12 +86,12 @@ def census(splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
 
 def errors(predictions: Path, frames: list) -> tuple[dict, np.ndarray, np.ndarray]:
     """Per-atom force error of one model's test predictions (score.py's ``test.npz``:
-    ``z``, ``f``, ``f_pred``, ``frame``) by element pair (atom, its nearest neighbour)
+    ``z``, ``forces``, ``forces_pred``, ``frame``) by element pair (atom, its nearest neighbour)
     where that neighbour is closer than 1 Å. ``frames``: the exported test structures
     (ASE Atoms, in score.py's order). Also returns each atom's nearest-neighbour distance
     [N] (Å) and error [N] (eV/Å), for the figure."""
     p = np.load(predictions)
-    err = np.linalg.norm(p["f_pred"] - p["f"], axis=1)
+    err = np.linalg.norm(p["forces_pred"] - p["forces"], axis=1)
     nn = np.full(len(err), np.inf)
     pair = np.full(len(err), "", dtype=object)
     offset = 0

@@ -265,13 +265,20 @@ def test_zbl_and_bessel_basis_round_trip(tmp_path, samples):
     torch.testing.assert_close(loaded(batch)["forces"], m(batch)["forces"], rtol=0, atol=0)
 
 
-def test_checkpoints_from_before_zbl_load_as_they_were_trained(saved, model, samples):
-    # their config has neither key: the constructor's defaults (Gaussian, no ZBL) apply
+def test_checkpoints_from_before_zbl_load_as_they_were_trained(tmp_path, samples):
+    # their config has neither key: TDN.LEGACY_CONFIG (Gaussians, no ZBL) applies, not
+    # today's default (ZBL on)
+    torch.manual_seed(0)
+    old = TDN(lmax=1, channels=8, layers=1, num_basis=16, zbl=False).double()
+    old.normalization.fit(samples)
+    path = save_checkpoint(tmp_path / "old.pt", old)
+
     def drop(raw):
         del raw["config"]["zbl"], raw["config"]["radial_basis"]
 
-    _rewrite(saved, drop)
-    loaded, _ = load_checkpoint(saved)
+    _rewrite(path, drop)
+    loaded, _ = load_checkpoint(path)
+    assert TDN().repulsion is not None  # the default
     assert loaded.repulsion is None and type(loaded.basis).__name__ == "GaussianBasis"
     batch = Batch.from_data_list(samples[:3])
-    torch.testing.assert_close(loaded(batch)["energy"], model(batch)["energy"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded(batch)["energy"], old(batch)["energy"], rtol=0, atol=0)

@@ -49,7 +49,7 @@ def bench_model(
     first training step and inference together, which compile them."""
     torch.manual_seed(0)
     model = TDN(lmax=L, backend=backend)
-    model.normalization.fit(normalization_source)
+    model.fit_normalization(normalization_source)
     model.to(device)
     if compile:
         # dynamo keeps at most 8 compiled variants of one function per process (every

@@ -39,7 +39,7 @@ from tdn_core import TDNError, available_backends
 from tdn_core._io import atomic_write
 
 from ._potential import Potential
-from ._registry import build_model, model_name
+from ._registry import build_model, model_class, model_name
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -245,6 +245,14 @@ def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     return ckpt
 
 
+def _legacy_defaults(name: str) -> dict:
+    """The model class's ``LEGACY_CONFIG`` (empty for an unknown name: build_model names it)."""
+    try:
+        return dict(getattr(model_class(name), "LEGACY_CONFIG", {}))
+    except ValueError:
+        return {}
+
+
 def _choose_backend(path: Path, ckpt: dict, backend: str | None) -> str | None:
     """The backend to run on: ``backend`` if given, else the one the model was saved with."""
     stored = {tp["backend"] for tp in ckpt["tensor_products"]}
@@ -340,7 +348,8 @@ def load_checkpoint(
     path = Path(path)
     ckpt = read_checkpoint(path, device=device)
     name = _choose_backend(path, ckpt, backend)
-    config = dict(ckpt["config"])
+    # options added after a checkpoint was written take the value it was trained with
+    config = {**_legacy_defaults(ckpt["model"]), **ckpt["config"]}
     if name is not None and "backend" in config:
         config["backend"] = name
         if name != "auto" and config.get("backend_policy") is not None:

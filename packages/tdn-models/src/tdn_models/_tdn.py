@@ -10,6 +10,7 @@ the edge length and is shared across all CG paths (the paper's path-weight shari
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -150,13 +151,18 @@ class TDN(Potential):
         max_neighbors: cap on neighbours per atom (None: none).
         direct_forces: predict forces with an attention head instead of -dE/dpos.
         zbl: add ZBL's screened nuclear repulsion below bond lengths
-            (:class:`tdn_models.Potential`).
+            (:class:`tdn_models.ZBLRepulsion`; on by default: it fixes the force errors at
+            close contacts, docs/RESULTS.md section 6). Fit the normalization with
+            :meth:`Potential.fit_normalization`, which leaves its energy out.
 
-    Defaults are those of the first checkpoints (Gaussian basis, no ZBL), which load
-    by them; ``tdn train``'s config sets its own.
+    Checkpoints written before ``zbl`` and ``radial_basis`` existed load with the values
+    they were trained with (:attr:`LEGACY_CONFIG`: no ZBL, Gaussians).
 
     Input/output: see :meth:`Potential.forward`.
     """
+
+    #: config values of checkpoints written before these options existed
+    LEGACY_CONFIG: ClassVar[dict] = {"zbl": False, "radial_basis": "gaussian"}
 
     def __init__(
         self,
@@ -174,7 +180,7 @@ class TDN(Potential):
         direct_forces: bool = False,
         backend_policy: dict | None = None,
         radial_basis: str = "gaussian",
-        zbl: bool = False,
+        zbl: bool = True,
     ) -> None:
         super().__init__(cutoff, max_neighbors, direct_forces, zbl)
         if direct_forces and lmax < 1:
