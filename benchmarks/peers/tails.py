@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[0] / "claims"))
@@ -51,6 +50,7 @@ def _pair(a: int, b: int) -> str:
 def census(splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
     """Per split: atoms per nearest-neighbour bin (with the median and max reference
     |F| there) and the pairs closer than CLOSE_A by element pair."""
+    from tdn_cli.evaluate import nearest_in_graph
     from tdn_data import load_dataset
     from tdn_data.graphs import radius_graph
 
@@ -62,8 +62,7 @@ def census(splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
             s = ds[k]
             g = radius_graph(s.pos.double(), 1.5)
             src, dst = g.edge_index
-            d = torch.full((s.num_nodes,), torch.inf, dtype=torch.float64)
-            nn.append(d.scatter_reduce(0, dst, g.edge_len, "amin").numpy())
+            nn.append(nearest_in_graph(g, s.num_nodes))
             force.append(s.forces.double().norm(dim=1).numpy())
             close = (g.edge_len < CLOSE_A) & (src < dst)
             for a, b in zip(src[close].tolist(), dst[close].tolist(), strict=True):

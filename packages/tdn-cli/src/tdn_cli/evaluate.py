@@ -140,8 +140,12 @@ def predict(model, dataset: Dataset, batch_size: int, device: torch.device, desc
 def nearest_neighbour(batch, cutoff: float) -> np.ndarray:
     """Distance (Å) from each atom of ``batch`` to its nearest neighbour, periodic images
     included: [N], inf where none lies within ``cutoff``."""
-    graph = batch_radius_graph(batch, cutoff)
-    nn = torch.full((batch.num_nodes,), torch.inf, dtype=torch.float64)
+    return nearest_in_graph(batch_radius_graph(batch, cutoff), batch.num_nodes)
+
+
+def nearest_in_graph(graph, num_nodes: int) -> np.ndarray:
+    """Each atom's shortest edge length (Å) in a radius ``graph``: [N], inf for none."""
+    nn = torch.full((num_nodes,), torch.inf, dtype=torch.float64)
     dst, d = graph.edge_index[1].cpu(), graph.edge_len.detach().double().cpu()
     return nn.scatter_reduce(0, dst, d, "amin").numpy()
 
